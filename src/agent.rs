@@ -1,0 +1,85 @@
+//! The agent side: opens, holds and measures connections.
+//!
+//! - `pool`: which source address and target each connection slot uses, and capacity.
+//! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
+//! - `conn`: one connection's state machine (connect, heartbeats, failure kinds).
+//! - `shard`: a worker thread with its own runtime, its slots and its histograms.
+//!
+//! The engine gets the plan and its share, never a pre-expanded list of work. It does not
+//! print, decide outcomes or write files: it sends interval snapshots.
+
+pub mod conn;
+pub mod pool;
+pub(crate) mod shard;
+pub mod socket;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::metrics::IntervalSnapshot;
+use crate::profile::Heartbeat;
+use crate::profile::timeline::PhaseSpan;
+use pool::SourcePool;
+
+/// What every worker needs to play its share of a profile.
+#[derive(Debug)]
+pub struct EnginePlan {
+    pub spans: Vec<PhaseSpan>,
+    pub pool: SourcePool,
+    pub heartbeat: Option<Heartbeat>,
+    pub connect_timeout: Duration,
+}
+
+/// Running workers. Dropping it without `join` leaves the threads to finish on their own.
+pub struct Engine {
+    threads: Vec<JoinHandle<()>>,
+    stop_tx: watch::Sender<bool>,
+}
+
+impl Engine {
+    /// Starts `workers` threads that begin the plan at `start` and report on `snapshot_tx`.
+    pub fn start(
+        plan: Arc<EnginePlan>,
+        workers: usize,
+        start: Instant,
+        snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
+    ) -> std::io::Result<Engine> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut threads = Vec::with_capacity(workers);
+        for worker in 0..workers {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let plan = plan.clone();
+            let snapshot_tx = snapshot_tx.clone();
+            let stop_rx = stop_rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("stampede-worker-{worker}"))
+                .spawn(move || {
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(
+                        &runtime,
+                        shard::run(plan, worker, workers, start, snapshot_tx, stop_rx),
+                    );
+                })?;
+            threads.push(thread);
+        }
+        Ok(Engine { threads, stop_tx })
+    }
+
+    /// Asks every worker to stop opening, close what it holds and send its last snapshot.
+    pub fn stop(&self) {
+        self.stop_tx.send_replace(true);
+    }
+
+    /// Waits for the worker threads; call after their last snapshots arrived.
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! A worker ("shard"): one thread with its own single-threaded tokio runtime, owning its share
+//! of connection slots and the histograms they record into.
+//!
+//! Owning the data per thread is what makes recording lock-free: connection tasks are local to
+//! the shard (`spawn_local`), so `RefCell` suffices. The shard never talks to other shards; it
+//! sends one snapshot per second to the aggregate.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep_until};
+
+use super::EnginePlan;
+use crate::metrics::{ErrorKind, IntervalData, IntervalSnapshot};
+use crate::profile::timeline::{self, SlotAction, WorkerSchedule};
+
+/// State shared by the shard's connection tasks. Single-threaded: only this shard's tasks touch
+/// it.
+pub(crate) struct Shard {
+    pub plan: Arc<EnginePlan>,
+    /// Written by connection tasks, swapped out by the shard loop once a second.
+    pub data: RefCell<IntervalData>,
+    /// Connections of this shard now established.
+    pub open: Cell<u64>,
+    /// Set when the run ends: closes from then on are ours, not the peer's.
+    pub tearing_down: Cell<bool>,
+    /// Heartbeat bytes, shared by every connection.
+    pub payload: Box<[u8]>,
+}
+
+impl Shard {
+    pub fn fail(&self, source: usize, target: usize, kind: ErrorKind) {
+        self.data
+            .borrow_mut()
+            .count(source, target, |c| c.errors[kind as usize] += 1);
+    }
+
+    fn fresh_data(&self) -> IntervalData {
+        IntervalData::new(self.plan.pool.sources.len(), self.plan.pool.targets.len())
+    }
+}
+
+/// Runs shard `worker` of `workers` until the plan ends or `stop_rx` fires.
+pub(crate) async fn run(
+    plan: Arc<EnginePlan>,
+    worker: usize,
+    workers: usize,
+    start: Instant,
+    snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
+    let payload_len = plan.heartbeat.map_or(0, |h| h.payload_bytes as usize);
+    let shard = Rc::new(Shard {
+        data: RefCell::new(IntervalData::new(
+            plan.pool.sources.len(),
+            plan.pool.targets.len(),
+        )),
+        open: Cell::new(0),
+        tearing_down: Cell::new(false),
+        payload: vec![b'h'; payload_len].into_boxed_slice(),
+        plan: plan.clone(),
+    });
+    let end = start + timeline::total(&plan.spans);
+    let mut schedule = WorkerSchedule::new(&plan.spans, worker, workers).peekable();
+    // Slot `s` of this shard lives at index `s / workers`.
+    let mut slots: Vec<Option<AbortHandle>> = Vec::new();
+    let mut seq = 0u64;
+    let mut next_tick = start + Duration::from_secs(1);
+    let send = |seq: u64, last: bool, open: u64, data: IntervalData| {
+        // The receiver only goes away when the run is over; nothing to report to then.
+        let _ = snapshot_tx.send(IntervalSnapshot {
+            reporter: worker,
+            seq,
+            last,
+            open,
+            data,
+        });
+    };
+    loop {
+        let next_event = schedule.peek().map(|e| start + e.at);
+        tokio::select! {
+            biased;
+            _ = stop_rx.changed() => break,
+            () = sleep_until(next_tick) => {
+                let data = shard.data.replace(shard.fresh_data());
+                send(seq, false, shard.open.get(), data);
+                seq += 1;
+                next_tick += Duration::from_secs(1);
+            }
+            () = sleep_until(next_event.unwrap_or(end)) => {
+                if next_event.is_none() {
+                    break;
+                }
+                let now = Instant::now();
+                while let Some(event) = schedule.next_if(|e| start + e.at <= now) {
+                    let index = (event.slot / workers as u64) as usize;
+                    match event.action {
+                        SlotAction::Open => {
+                            let task = tokio::task::spawn_local(super::conn::run(
+                                shard.clone(),
+                                event.slot,
+                                start + event.at,
+                            ));
+                            if slots.len() <= index {
+                                slots.resize(index + 1, None);
+                            }
+                            slots[index] = Some(task.abort_handle());
+                        }
+                        SlotAction::Close => {
+                            if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
+                                handle.abort();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let open_before_teardown = shard.open.get();
+    shard.tearing_down.set(true);
+    for handle in slots.iter().flatten() {
+        handle.abort();
+    }
+    let data = shard.data.replace(shard.fresh_data());
+    send(seq, true, open_before_teardown, data);
+}

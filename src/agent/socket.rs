@@ -1,0 +1,85 @@
+//! Client sockets built with socket2: reuse-address, no port reserved at `bind`, an optional
+//! per-socket port range, and a non-blocking connect handed to tokio.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpSocket;
+
+use crate::profile::sources::PortRange;
+
+/// `IP_LOCAL_PORT_RANGE` (Linux 6.3); not in the libc crate.
+const IP_LOCAL_PORT_RANGE: libc::c_int = 51;
+
+fn set_int_option(
+    socket: &Socket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: u32,
+) -> io::Result<()> {
+    // SAFETY: the fd is open for the lifetime of `socket`, and the option value is a u32 whose
+    // size we pass.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Lets the kernel choose the source port at `connect()` by 4-tuple instead of at `bind()`,
+/// so each destination gets its own port space.
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    set_int_option(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)
+}
+
+fn set_local_port_range(socket: &Socket, range: PortRange) -> io::Result<()> {
+    let value = u32::from(range.first) | (u32::from(range.last) << 16);
+    set_int_option(socket, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, value)
+}
+
+/// A non-blocking client socket bound to `source` (if any), ready for `connect`.
+pub fn client_socket(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    port_range: Option<PortRange>,
+) -> io::Result<TcpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(range) = port_range {
+        set_local_port_range(&socket, range)?;
+    }
+    if let Some(ip) = source {
+        if ip.is_ipv4() {
+            set_bind_address_no_port(&socket)?;
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    Ok(TcpSocket::from_std_stream(socket.into()))
+}
+
+/// Checks once, before a run, that this kernel takes `IP_LOCAL_PORT_RANGE`.
+pub fn probe_port_range_support(range: PortRange) -> Result<(), String> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)
+        .map_err(|e| format!("cannot create a probe socket: {e}"))?;
+    set_local_port_range(&socket, range).map_err(|e| {
+        format!(
+            "this kernel refuses IP_LOCAL_PORT_RANGE ({e}); sources.port_range needs Linux 6.3 or newer, remove it or upgrade"
+        )
+    })
+}

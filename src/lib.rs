@@ -1,0 +1,23 @@
+//! stampede: a load-test harness for massive numbers of always-on connections.
+//!
+//! Map of the crate:
+//! - `cli`: argument definitions and glue from a command to the library (main.rs is thin).
+//! - `profile`: JSON scenarios, validated into typed plans (durations, sources, thresholds,
+//!   `--set` overrides) and laid on the clock (`profile::timeline`).
+//! - `agent`: the engine that opens and holds connections: source-address pool, socket2
+//!   sockets, the per-connection state machine and per-thread workers.
+//! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
+//! - `run`: one process playing a profile end to end.
+//! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
+//! - `sink`: the built-in echo-and-hold target.
+//! - `host` and `doctor`: this host's limits and whether a plan fits.
+
+pub mod agent;
+pub mod cli;
+pub mod doctor;
+pub mod host;
+pub mod metrics;
+pub mod profile;
+pub mod report;
+pub mod run;
+pub mod sink;

@@ -1,0 +1,455 @@
+//! Measurements: error kinds, counters, HDR latency histograms, interval snapshots and the
+//! aggregate that merges them.
+//!
+//! Connection tasks record into their worker's `IntervalData` (no locks, no per-sample
+//! messages); once a second the worker swaps it out and sends one `IntervalSnapshot`. The
+//! `Aggregate` merges snapshots losslessly with `Histogram::add`; it never averages percentiles.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Lowest and highest trackable latency, in microseconds: 1 µs to 1 h.
+pub const LOWEST_US: u64 = 1;
+pub const HIGHEST_US: u64 = 3_600_000_000;
+pub const SIGFIGS: u8 = 3;
+
+/// Why a connection attempt or an established connection failed. Counted, never formatted, on
+/// the hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorKind {
+    AddrNotAvailable,
+    AddrInUse,
+    Refused,
+    ConnectTimeout,
+    Reset,
+    ClosedByPeer,
+    HeartbeatTimeout,
+    FdLimit,
+    Other,
+}
+
+impl ErrorKind {
+    pub const COUNT: usize = 9;
+    pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
+        ErrorKind::AddrNotAvailable,
+        ErrorKind::AddrInUse,
+        ErrorKind::Refused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::Reset,
+        ErrorKind::ClosedByPeer,
+        ErrorKind::HeartbeatTimeout,
+        ErrorKind::FdLimit,
+        ErrorKind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::AddrNotAvailable => "addr_not_available",
+            ErrorKind::AddrInUse => "addr_in_use",
+            ErrorKind::Refused => "refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::ClosedByPeer => "closed_by_peer",
+            ErrorKind::HeartbeatTimeout => "heartbeat_timeout",
+            ErrorKind::FdLimit => "fd_limit",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Classifies an I/O error from `socket`, `connect`, `read` or `write`.
+    pub fn from_io(error: &io::Error) -> ErrorKind {
+        match error.raw_os_error() {
+            Some(libc::EADDRNOTAVAIL) => ErrorKind::AddrNotAvailable,
+            Some(libc::EADDRINUSE) => ErrorKind::AddrInUse,
+            Some(libc::ECONNREFUSED) => ErrorKind::Refused,
+            Some(libc::ETIMEDOUT) => ErrorKind::ConnectTimeout,
+            Some(libc::ECONNRESET | libc::EPIPE | libc::ECONNABORTED) => ErrorKind::Reset,
+            Some(libc::EMFILE | libc::ENFILE) => ErrorKind::FdLimit,
+            _ => match error.kind() {
+                io::ErrorKind::UnexpectedEof => ErrorKind::ClosedByPeer,
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => ErrorKind::Reset,
+                io::ErrorKind::ConnectionRefused => ErrorKind::Refused,
+                io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+                _ => ErrorKind::Other,
+            },
+        }
+    }
+}
+
+/// Counters for one interval (or, summed, a whole run), for one scope: a worker, a source IP or
+/// a target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub attempts: u64,
+    pub established: u64,
+    /// Established connections that ended before the run's own teardown.
+    pub closed: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_answered: u64,
+    pub errors: [u64; ErrorKind::COUNT],
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.attempts += other.attempts;
+        self.established += other.established;
+        self.closed += other.closed;
+        self.heartbeats_sent += other.heartbeats_sent;
+        self.heartbeats_answered += other.heartbeats_answered;
+        for (mine, theirs) in self.errors.iter_mut().zip(other.errors) {
+            *mine += theirs;
+        }
+    }
+
+    pub fn error_total(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    pub fn error(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize]
+    }
+}
+
+/// The latency histograms every run keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// From the *scheduled* attempt time to established (coordinated-omission aware).
+    Connect,
+    /// From the actual `connect()` call to established: the plain service time.
+    ConnectService,
+    /// From the scheduled heartbeat send to the full echo.
+    HeartbeatRtt,
+}
+
+impl Latency {
+    pub const ALL: [Latency; 3] = [
+        Latency::Connect,
+        Latency::ConnectService,
+        Latency::HeartbeatRtt,
+    ];
+
+    /// Tag in the hlog and key in `summary.json`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Latency::Connect => "connect",
+            Latency::ConnectService => "connect_service",
+            Latency::HeartbeatRtt => "heartbeat_rtt",
+        }
+    }
+
+    /// Name used in threshold expressions (`heartbeat_p99`).
+    pub fn threshold_family(self) -> &'static str {
+        match self {
+            Latency::Connect => "connect",
+            Latency::ConnectService => "connect_service",
+            Latency::HeartbeatRtt => "heartbeat",
+        }
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // The bounds are constants that the crate accepts; a failure here is a programming error.
+    Histogram::new_with_bounds(LOWEST_US, HIGHEST_US, SIGFIGS).expect("valid histogram bounds")
+}
+
+/// One histogram per `Latency`, in microseconds.
+#[derive(Clone, Debug)]
+pub struct LatencySet {
+    pub hists: [Histogram<u64>; 3],
+}
+
+impl Default for LatencySet {
+    fn default() -> Self {
+        LatencySet {
+            hists: [new_histogram(), new_histogram(), new_histogram()],
+        }
+    }
+}
+
+impl LatencySet {
+    pub fn record(&mut self, metric: Latency, micros: u64) {
+        self.hists[metric as usize].saturating_record(micros.clamp(LOWEST_US, HIGHEST_US));
+    }
+
+    pub fn get(&self, metric: Latency) -> &Histogram<u64> {
+        &self.hists[metric as usize]
+    }
+
+    /// Lossless merge: counts are added bucket by bucket.
+    pub fn add(&mut self, other: &LatencySet) {
+        for (mine, theirs) in self.hists.iter_mut().zip(&other.hists) {
+            // Same bounds everywhere, so `add` cannot fail for lack of range.
+            mine.add(theirs).expect("histograms share bounds");
+        }
+    }
+}
+
+/// Everything one reporter measured in one interval.
+#[derive(Clone, Debug)]
+pub struct IntervalData {
+    pub totals: Counts,
+    /// Indexed like the run's source list.
+    pub per_source: Vec<Counts>,
+    /// Indexed like the run's target list.
+    pub per_target: Vec<Counts>,
+    pub latency: LatencySet,
+}
+
+impl IntervalData {
+    pub fn new(sources: usize, targets: usize) -> IntervalData {
+        IntervalData {
+            totals: Counts::default(),
+            per_source: vec![Counts::default(); sources],
+            per_target: vec![Counts::default(); targets],
+            latency: LatencySet::default(),
+        }
+    }
+
+    pub fn add(&mut self, other: &IntervalData) {
+        self.totals.add(&other.totals);
+        for (mine, theirs) in self.per_source.iter_mut().zip(&other.per_source) {
+            mine.add(theirs);
+        }
+        for (mine, theirs) in self.per_target.iter_mut().zip(&other.per_target) {
+            mine.add(theirs);
+        }
+        self.latency.add(&other.latency);
+    }
+
+    /// Applies `f` to the run, source and target counters of one event.
+    #[inline]
+    pub fn count(&mut self, source: usize, target: usize, f: impl Fn(&mut Counts)) {
+        f(&mut self.totals);
+        if let Some(c) = self.per_source.get_mut(source) {
+            f(c);
+        }
+        if let Some(c) = self.per_target.get_mut(target) {
+            f(c);
+        }
+    }
+}
+
+/// What one reporter (a worker, later an agent) sends for interval `seq`.
+#[derive(Clone, Debug)]
+pub struct IntervalSnapshot {
+    pub reporter: usize,
+    /// Interval number: interval `k` covers seconds `[k, k+1)` of the run.
+    pub seq: u64,
+    /// The reporter's last snapshot; it reports no more intervals after this one.
+    pub last: bool,
+    /// Connections open at the end of the interval (for the last one: before teardown).
+    pub open: u64,
+    pub data: IntervalData,
+}
+
+/// One interval of the whole run, once every live reporter has sent it.
+#[derive(Clone, Debug)]
+pub struct CompletedInterval {
+    pub seq: u64,
+    pub open: u64,
+    pub data: IntervalData,
+}
+
+struct Pending {
+    reported: Vec<bool>,
+    open: u64,
+    data: IntervalData,
+}
+
+/// A point of the per-second timeline.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct TimelinePoint {
+    pub second: u64,
+    pub open: u64,
+    pub attempts: u64,
+    pub connects: u64,
+    pub closes: u64,
+    pub errors: u64,
+}
+
+/// Merges snapshots from many reporters into run totals, interval by interval.
+pub struct Aggregate {
+    sources: usize,
+    targets: usize,
+    live: Vec<bool>,
+    pending: BTreeMap<u64, Pending>,
+    /// Everything merged so far.
+    pub totals: IntervalData,
+    pub peak_open: u64,
+    pub open: u64,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+impl Aggregate {
+    pub fn new(reporters: usize, sources: usize, targets: usize) -> Aggregate {
+        Aggregate {
+            sources,
+            targets,
+            live: vec![true; reporters],
+            pending: BTreeMap::new(),
+            totals: IntervalData::new(sources, targets),
+            peak_open: 0,
+            open: 0,
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Takes one snapshot; returns the intervals it completed, oldest first.
+    pub fn push(&mut self, snapshot: IntervalSnapshot) -> Vec<CompletedInterval> {
+        let reporters = self.live.len();
+        if snapshot.reporter >= reporters {
+            return Vec::new();
+        }
+        let (sources, targets) = (self.sources, self.targets);
+        let pending = self.pending.entry(snapshot.seq).or_insert_with(|| Pending {
+            reported: vec![false; reporters],
+            open: 0,
+            data: IntervalData::new(sources, targets),
+        });
+        pending.reported[snapshot.reporter] = true;
+        pending.open += snapshot.open;
+        pending.data.add(&snapshot.data);
+        if snapshot.last {
+            self.live[snapshot.reporter] = false;
+        }
+        self.drain(false)
+    }
+
+    /// Marks a reporter gone (it will send nothing more) and completes what waited for it.
+    pub fn reporter_gone(&mut self, reporter: usize) -> Vec<CompletedInterval> {
+        if let Some(live) = self.live.get_mut(reporter) {
+            *live = false;
+        }
+        self.drain(false)
+    }
+
+    /// Completes every pending interval, whoever is missing.
+    pub fn finish(&mut self) -> Vec<CompletedInterval> {
+        self.drain(true)
+    }
+
+    fn drain(&mut self, force: bool) -> Vec<CompletedInterval> {
+        let mut done = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            let complete = entry
+                .get()
+                .reported
+                .iter()
+                .zip(&self.live)
+                .all(|(reported, live)| *reported || !*live);
+            if !(complete || force) {
+                break;
+            }
+            let seq = *entry.key();
+            let pending = entry.remove();
+            self.totals.add(&pending.data);
+            self.open = pending.open;
+            self.peak_open = self.peak_open.max(pending.open);
+            let c = &pending.data.totals;
+            self.timeline.push(TimelinePoint {
+                second: seq,
+                open: pending.open,
+                attempts: c.attempts,
+                connects: c.established,
+                closes: c.closed,
+                errors: c.error_total(),
+            });
+            done.push(CompletedInterval {
+                seq,
+                open: pending.open,
+                data: pending.data,
+            });
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(reporter: usize, seq: u64, last: bool, samples: &[u64]) -> IntervalSnapshot {
+        let mut data = IntervalData::new(1, 1);
+        for s in samples {
+            data.latency.record(Latency::Connect, *s);
+            data.count(0, 0, |c| c.established += 1);
+        }
+        IntervalSnapshot {
+            reporter,
+            seq,
+            last,
+            open: samples.len() as u64,
+            data,
+        }
+    }
+
+    #[test]
+    fn completes_intervals_when_all_reporters_sent_them() {
+        let mut agg = Aggregate::new(2, 1, 1);
+        assert!(agg.push(snapshot(0, 0, false, &[10, 20])).is_empty());
+        assert!(agg.push(snapshot(0, 1, false, &[30])).is_empty());
+        let done = agg.push(snapshot(1, 0, false, &[40]));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].open, 3);
+        let done = agg.push(snapshot(1, 1, true, &[50]));
+        assert_eq!(done.len(), 1);
+        assert_eq!(agg.totals.totals.established, 5);
+        assert_eq!(agg.peak_open, 3);
+    }
+
+    #[test]
+    fn merge_equals_recording_in_one_place() {
+        let mut agg = Aggregate::new(3, 1, 1);
+        let mut all = new_histogram();
+        let mut seed = 7u64;
+        for seq in 0..4 {
+            for reporter in 0..3 {
+                let samples: Vec<u64> = (0..500)
+                    .map(|_| {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        1 + (seed >> 33) % 2_000_000
+                    })
+                    .collect();
+                for s in &samples {
+                    all.record(*s).unwrap();
+                }
+                agg.push(snapshot(reporter, seq, seq == 3, &samples));
+            }
+        }
+        let merged = agg.totals.latency.get(Latency::Connect);
+        assert_eq!(merged, &all);
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            assert_eq!(merged.value_at_quantile(q), all.value_at_quantile(q));
+        }
+    }
+
+    #[test]
+    fn a_gone_reporter_does_not_block_intervals() {
+        let mut agg = Aggregate::new(2, 1, 1);
+        agg.push(snapshot(0, 0, false, &[1]));
+        let done = agg.reporter_gone(1);
+        assert_eq!(done.len(), 1);
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let e = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert_eq!(ErrorKind::from_io(&e), ErrorKind::AddrNotAvailable);
+        let e = io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(ErrorKind::from_io(&e), ErrorKind::FdLimit);
+        let e = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(ErrorKind::from_io(&e), ErrorKind::ClosedByPeer);
+        for k in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(k.name()), Some(k));
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! Profiles: JSON scenarios, validated into typed plans.
+//!
+//! Parsing happens in two steps: serde reads the raw shape (unknown fields are errors), then
+//! `validate` turns strings into durations, addresses and thresholds. Every error names the JSON
+//! path, the value given and what would be valid. This module opens no sockets.
+
+pub mod duration;
+pub mod overrides;
+pub mod sources;
+pub mod threshold;
+pub mod timeline;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use duration::{DURATION_HINT, parse_duration};
+use sources::PortRange;
+use threshold::Threshold;
+
+/// The most connections one profile may ask for: the 100-million-device case.
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
+/// Largest heartbeat payload; bigger is a throughput test, not a heartbeat.
+pub const MAX_PAYLOAD_BYTES: u32 = 65_536;
+
+/// A profile error: where in the JSON, and what is wrong there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileError {
+    /// The file the profile came from, if any.
+    pub file: Option<String>,
+    /// JSON path such as `heartbeat.interval` or `phases[1].ramp.rate`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl ProfileError {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> ProfileError {
+        ProfileError {
+            file: None,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn in_file(mut self, file: &Path) -> ProfileError {
+        self.file = Some(file.display().to_string());
+        self
+    }
+}
+
+impl fmt::Display for ProfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "at `{}`: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ProfileError {}
+
+/// Where the load goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetSpec {
+    /// The built-in sink, started in-process on loopback.
+    Embedded,
+    Addrs(Vec<SocketAddr>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+}
+
+impl Protocol {
+    pub const NAMES: [&'static str; 1] = ["tcp"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// Source addresses to bind, and the per-socket port range.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceSpec {
+    /// Empty: let the kernel choose the source address.
+    pub addrs: Vec<IpAddr>,
+    pub port_range: Option<PortRange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub payload_bytes: u32,
+    pub timeout: Duration,
+}
+
+/// One step of the scenario. New kinds of phase are new variants.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    /// Open (or close) connections at `rate` per second until `to` are open.
+    Ramp { to: u64, rate: f64 },
+    /// Keep what is open for a while.
+    Hold { duration: Duration },
+}
+
+impl Phase {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Phase::Ramp { .. } => "ramp",
+            Phase::Hold { .. } => "hold",
+        }
+    }
+}
+
+/// A validated profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    pub description: Option<String>,
+    pub target: TargetSpec,
+    pub protocol: Protocol,
+    pub connections: u64,
+    pub sources: SourceSpec,
+    pub heartbeat: Option<Heartbeat>,
+    pub connect_timeout: Duration,
+    pub phases: Vec<Phase>,
+    pub thresholds: Vec<Threshold>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    target: Value,
+    #[serde(default)]
+    protocol: Option<String>,
+    connections: u64,
+    #[serde(default)]
+    sources: Option<RawSources>,
+    #[serde(default)]
+    heartbeat: Option<RawHeartbeat>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    phases: Vec<RawPhase>,
+    #[serde(default)]
+    thresholds: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSources {
+    addrs: Vec<String>,
+    #[serde(default)]
+    port_range: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeartbeat {
+    interval: String,
+    #[serde(default)]
+    payload_bytes: Option<u32>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawPhase {
+    Ramp(RawRamp),
+    Hold(RawHold),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRamp {
+    #[serde(default)]
+    to: Option<u64>,
+    rate: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHold {
+    #[serde(rename = "for")]
+    duration: String,
+}
+
+impl Profile {
+    /// Reads a profile file and applies `--set` overrides before validating.
+    pub fn load(file: &Path, overrides: &[String]) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ProfileError::at("", format!("cannot read the profile: {e}")).in_file(file)
+        })?;
+        Profile::from_json(&text, overrides).map_err(|e| e.in_file(file))
+    }
+
+    /// Parses profile JSON text, applying `--set PATH=VALUE` overrides first.
+    pub fn from_json(text: &str, overrides: &[String]) -> Result<Profile, ProfileError> {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| {
+            ProfileError::at(
+                "",
+                format!(
+                    "not valid JSON at line {} column {}: {e}",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        for item in overrides {
+            overrides::apply(&mut value, item)?;
+        }
+        Profile::from_value(value)
+    }
+
+    pub fn from_value(value: Value) -> Result<Profile, ProfileError> {
+        let raw: RawProfile = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ProfileError::at(path, e.into_inner().to_string())
+        })?;
+        validate(raw)
+    }
+
+    /// Peak number of connections any phase asks to hold open at once.
+    pub fn peak_connections(&self) -> u64 {
+        self.phases
+            .iter()
+            .filter_map(|p| match p {
+                Phase::Ramp { to, .. } => Some(*to),
+                Phase::Hold { .. } => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn duration_at(path: &str, text: &str) -> Result<Duration, ProfileError> {
+    match parse_duration(text) {
+        Some(d) if !d.is_zero() => Ok(d),
+        Some(_) => Err(ProfileError::at(
+            path,
+            format!("{text:?} is zero; expected a positive duration, {DURATION_HINT}"),
+        )),
+        None => Err(ProfileError::at(
+            path,
+            format!("{text:?} is not a duration; expected {DURATION_HINT}"),
+        )),
+    }
+}
+
+fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
+    if raw.name.trim().is_empty() {
+        return Err(ProfileError::at(
+            "name",
+            "\"\" is empty; give the scenario a name",
+        ));
+    }
+    let target = validate_target(&raw.target)?;
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("tcp") => Protocol::Tcp,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "protocol",
+                format!(
+                    "{other:?} is not supported; valid protocols: {}",
+                    Protocol::NAMES.join(", ")
+                ),
+            ));
+        }
+    };
+    if raw.connections == 0 || raw.connections > MAX_CONNECTIONS {
+        return Err(ProfileError::at(
+            "connections",
+            format!(
+                "{} is out of range; expected 1 to {MAX_CONNECTIONS}",
+                raw.connections
+            ),
+        ));
+    }
+    let sources = match raw.sources {
+        None => SourceSpec::default(),
+        Some(raw_sources) => validate_sources(raw_sources)?,
+    };
+    let heartbeat = raw.heartbeat.map(validate_heartbeat).transpose()?;
+    let connect_timeout = match raw.connect_timeout.as_deref() {
+        None => Duration::from_secs(10),
+        Some(text) => duration_at("connect_timeout", text)?,
+    };
+    if raw.phases.is_empty() {
+        return Err(ProfileError::at(
+            "phases",
+            "[] is empty; add at least one phase, e.g. {\"ramp\": {\"rate\": 1000}}",
+        ));
+    }
+    let mut phases = Vec::with_capacity(raw.phases.len());
+    for (i, phase) in raw.phases.into_iter().enumerate() {
+        phases.push(match phase {
+            RawPhase::Ramp(ramp) => {
+                let to = ramp.to.unwrap_or(raw.connections);
+                if to > raw.connections {
+                    return Err(ProfileError::at(
+                        format!("phases[{i}].ramp.to"),
+                        format!(
+                            "{to} is more than `connections` ({}); ramp to at most that, or raise `connections`",
+                            raw.connections
+                        ),
+                    ));
+                }
+                if !(ramp.rate.is_finite() && ramp.rate > 0.0 && ramp.rate <= 10_000_000.0) {
+                    return Err(ProfileError::at(
+                        format!("phases[{i}].ramp.rate"),
+                        format!(
+                            "{} is out of range; expected connections per second above 0 and at most 10000000",
+                            ramp.rate
+                        ),
+                    ));
+                }
+                Phase::Ramp {
+                    to,
+                    rate: ramp.rate,
+                }
+            }
+            RawPhase::Hold(hold) => Phase::Hold {
+                duration: duration_at(&format!("phases[{i}].hold.for"), &hold.duration)?,
+            },
+        });
+    }
+    let mut thresholds = Vec::with_capacity(raw.thresholds.len());
+    for (i, text) in raw.thresholds.iter().enumerate() {
+        thresholds.push(
+            Threshold::parse(text).map_err(|e| {
+                ProfileError::at(format!("thresholds[{i}]"), format!("{text:?}: {e}"))
+            })?,
+        );
+    }
+    Ok(Profile {
+        name: raw.name,
+        description: raw.description,
+        target,
+        protocol,
+        connections: raw.connections,
+        sources,
+        heartbeat,
+        connect_timeout,
+        phases,
+        thresholds,
+    })
+}
+
+fn validate_target(value: &Value) -> Result<TargetSpec, ProfileError> {
+    const HINT: &str =
+        "expected \"embedded\" or {\"addrs\": [\"127.0.0.1:7000\", ...]} (IP:port, [IPv6]:port)";
+    match value {
+        Value::String(s) if s == "embedded" => Ok(TargetSpec::Embedded),
+        Value::Object(map) => {
+            if let Some(key) = map.keys().find(|k| k.as_str() != "addrs") {
+                return Err(ProfileError::at(
+                    format!("target.{key}"),
+                    format!("unknown field `{key}`, expected `addrs`"),
+                ));
+            }
+            let addrs = map
+                .get("addrs")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ProfileError::at("target.addrs", format!("missing; {HINT}")))?;
+            if addrs.is_empty() {
+                return Err(ProfileError::at(
+                    "target.addrs",
+                    format!("[] is empty; {HINT}"),
+                ));
+            }
+            let mut parsed = Vec::with_capacity(addrs.len());
+            for (i, item) in addrs.iter().enumerate() {
+                let addr = item
+                    .as_str()
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+                    .filter(|a| a.port() != 0)
+                    .ok_or_else(|| {
+                        ProfileError::at(
+                            format!("target.addrs[{i}]"),
+                            format!("{item} is not an IP:port with a non-zero port; {HINT}"),
+                        )
+                    })?;
+                if parsed.contains(&addr) {
+                    return Err(ProfileError::at(
+                        format!("target.addrs[{i}]"),
+                        format!("{item} is listed twice; list each target once"),
+                    ));
+                }
+                parsed.push(addr);
+            }
+            Ok(TargetSpec::Addrs(parsed))
+        }
+        other => Err(ProfileError::at(
+            "target",
+            format!("{other} is not valid; {HINT}"),
+        )),
+    }
+}
+
+fn validate_sources(raw: RawSources) -> Result<SourceSpec, ProfileError> {
+    let mut addrs = Vec::new();
+    for (i, spec) in raw.addrs.iter().enumerate() {
+        let expanded = sources::expand(spec).map_err(|e| {
+            ProfileError::at(
+                format!("sources.addrs[{i}]"),
+                format!("{spec:?}: {e}; expected an address (127.0.0.2), a CIDR (127.0.1.0/24) or a range (127.0.2.1-127.0.2.50)"),
+            )
+        })?;
+        for ip in expanded {
+            if addrs.contains(&ip) {
+                return Err(ProfileError::at(
+                    format!("sources.addrs[{i}]"),
+                    format!("{spec:?} repeats {ip}; list each source address once"),
+                ));
+            }
+            addrs.push(ip);
+        }
+        if addrs.len() > sources::MAX_SOURCE_ADDRS {
+            return Err(ProfileError::at(
+                format!("sources.addrs[{i}]"),
+                format!(
+                    "more than {} source addresses in all",
+                    sources::MAX_SOURCE_ADDRS
+                ),
+            ));
+        }
+    }
+    if addrs.is_empty() {
+        return Err(ProfileError::at(
+            "sources.addrs",
+            "[] is empty; list source addresses or leave `sources` out to let the kernel choose",
+        ));
+    }
+    let port_range = raw
+        .port_range
+        .as_deref()
+        .map(|text| {
+            PortRange::parse(text)
+                .map_err(|e| ProfileError::at("sources.port_range", format!("{text:?}: {e}")))
+        })
+        .transpose()?;
+    Ok(SourceSpec { addrs, port_range })
+}
+
+fn validate_heartbeat(raw: RawHeartbeat) -> Result<Heartbeat, ProfileError> {
+    let interval = duration_at("heartbeat.interval", &raw.interval)?;
+    if interval < Duration::from_millis(10) {
+        return Err(ProfileError::at(
+            "heartbeat.interval",
+            format!(
+                "{:?} is shorter than 10ms; heartbeats are for holding connections, not for throughput",
+                raw.interval
+            ),
+        ));
+    }
+    let payload_bytes = raw.payload_bytes.unwrap_or(16);
+    if payload_bytes == 0 || payload_bytes > MAX_PAYLOAD_BYTES {
+        return Err(ProfileError::at(
+            "heartbeat.payload_bytes",
+            format!("{payload_bytes} is out of range; expected 1 to {MAX_PAYLOAD_BYTES}"),
+        ));
+    }
+    let timeout = match raw.timeout.as_deref() {
+        None => interval,
+        Some(text) => duration_at("heartbeat.timeout", text)?,
+    };
+    Ok(Heartbeat {
+        interval,
+        payload_bytes,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOKE: &str = r#"{
+        "name": "t", "target": "embedded", "connections": 10,
+        "heartbeat": {"interval": "1s"},
+        "phases": [{"ramp": {"rate": 100}}, {"hold": {"for": "2s"}}],
+        "thresholds": ["errors <= 0"]
+    }"#;
+
+    #[test]
+    fn parses_a_profile() {
+        let p = Profile::from_json(SMOKE, &[]).unwrap();
+        assert_eq!(p.connections, 10);
+        assert_eq!(
+            p.phases[0],
+            Phase::Ramp {
+                to: 10,
+                rate: 100.0
+            }
+        );
+        assert_eq!(p.heartbeat.unwrap().timeout, Duration::from_secs(1));
+        assert_eq!(p.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn errors_name_path_value_and_fix() {
+        let err = Profile::from_json(SMOKE, &["heartbeat.interval=5x".into()]).unwrap_err();
+        assert_eq!(err.path, "heartbeat.interval");
+        assert!(err.message.contains("\"5x\" is not a duration"), "{err}");
+        let err = Profile::from_json(SMOKE, &["phases.1.hold.forr=2s".into()]).unwrap_err();
+        assert_eq!(err.path, "phases[1].hold.forr");
+        assert!(err.message.contains("unknown field `forr`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let p = Profile::from_json(
+            SMOKE,
+            &["connections=50".into(), "heartbeat.interval=5s".into()],
+        )
+        .unwrap();
+        assert_eq!(p.connections, 50);
+        assert_eq!(
+            p.phases[0],
+            Phase::Ramp {
+                to: 50,
+                rate: 100.0
+            }
+        );
+        assert_eq!(p.heartbeat.unwrap().interval, Duration::from_secs(5));
+    }
+}

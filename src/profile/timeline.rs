@@ -1,0 +1,205 @@
+//! The expanded plan: when each phase starts and ends and how many connections it wants open.
+//!
+//! Also the per-worker schedule: each worker walks the phases and derives the moments at which
+//! *its own* connection slots open or close. Nothing is expanded into a list up front, so a plan
+//! for millions of connections costs nothing until it runs.
+
+use std::time::Duration;
+
+use super::{Phase, Profile};
+
+/// One phase placed on the run's clock (offsets from the run's start).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseSpan {
+    pub index: usize,
+    pub kind: &'static str,
+    pub start: Duration,
+    pub end: Duration,
+    /// Connections wanted open when the phase starts and when it ends.
+    pub from: u64,
+    pub to: u64,
+    /// Connections per second, for ramps.
+    pub rate: Option<f64>,
+}
+
+impl PhaseSpan {
+    /// Connections wanted open at `at` (an offset inside this phase).
+    pub fn level_at(&self, at: Duration) -> u64 {
+        let Some(rate) = self.rate else {
+            return self.to;
+        };
+        let moved = (at.saturating_sub(self.start).as_secs_f64() * rate) as u64;
+        if self.to >= self.from {
+            (self.from + moved).min(self.to)
+        } else {
+            self.from.saturating_sub(moved).max(self.to)
+        }
+    }
+}
+
+/// Lays the profile's phases on the clock.
+pub fn spans(profile: &Profile) -> Vec<PhaseSpan> {
+    let mut level = 0u64;
+    let mut clock = Duration::ZERO;
+    let mut spans = Vec::with_capacity(profile.phases.len());
+    for (index, phase) in profile.phases.iter().enumerate() {
+        let span = match phase {
+            Phase::Ramp { to, rate } => {
+                let delta = level.abs_diff(*to);
+                PhaseSpan {
+                    index,
+                    kind: phase.kind(),
+                    start: clock,
+                    end: clock + Duration::from_secs_f64(delta as f64 / rate),
+                    from: level,
+                    to: *to,
+                    rate: Some(*rate),
+                }
+            }
+            Phase::Hold { duration } => PhaseSpan {
+                index,
+                kind: phase.kind(),
+                start: clock,
+                end: clock + *duration,
+                from: level,
+                to: level,
+                rate: None,
+            },
+        };
+        level = span.to;
+        clock = span.end;
+        spans.push(span);
+    }
+    spans
+}
+
+/// Total planned length of the run.
+pub fn total(spans: &[PhaseSpan]) -> Duration {
+    spans.last().map_or(Duration::ZERO, |s| s.end)
+}
+
+/// What a worker must do to one of its slots at a planned moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotAction {
+    Open,
+    Close,
+}
+
+/// A planned action on connection slot `slot`, `at` an offset from the run's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotEvent {
+    pub at: Duration,
+    pub slot: u64,
+    pub action: SlotAction,
+}
+
+/// The events of worker `worker` out of `workers`: slots `i` with `i % workers == worker`, in
+/// time order. Ramps up open the lowest free slots first; ramps down close the highest.
+pub struct WorkerSchedule<'a> {
+    spans: &'a [PhaseSpan],
+    workers: u64,
+    worker: u64,
+    span: usize,
+    /// Position inside the current span, in units of "connections moved".
+    step: u64,
+}
+
+impl<'a> WorkerSchedule<'a> {
+    pub fn new(spans: &'a [PhaseSpan], worker: usize, workers: usize) -> WorkerSchedule<'a> {
+        WorkerSchedule {
+            spans,
+            workers: workers as u64,
+            worker: worker as u64,
+            span: 0,
+            step: 0,
+        }
+    }
+}
+
+impl Iterator for WorkerSchedule<'_> {
+    type Item = SlotEvent;
+
+    fn next(&mut self) -> Option<SlotEvent> {
+        loop {
+            let span = self.spans.get(self.span)?;
+            let Some(rate) = span.rate else {
+                self.span += 1;
+                self.step = 0;
+                continue;
+            };
+            let delta = span.from.abs_diff(span.to);
+            // Find the next step in this span whose slot belongs to this worker.
+            while self.step < delta {
+                let step = self.step;
+                self.step += 1;
+                let (slot, action) = if span.to > span.from {
+                    (span.from + step, SlotAction::Open)
+                } else {
+                    (span.from - 1 - step, SlotAction::Close)
+                };
+                if slot % self.workers == self.worker {
+                    let at = span.start + Duration::from_secs_f64(step as f64 / rate);
+                    return Some(SlotEvent { at, slot, action });
+                }
+            }
+            self.span += 1;
+            self.step = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+
+    fn profile(phases: &str) -> Profile {
+        Profile::from_json(
+            &format!(r#"{{"name":"t","target":"embedded","connections":10,"phases":{phases}}}"#),
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn lays_phases_on_the_clock() {
+        let p =
+            profile(r#"[{"ramp":{"rate":5}},{"hold":{"for":"3s"}},{"ramp":{"to":4,"rate":3}}]"#);
+        let s = spans(&p);
+        assert_eq!(s[0].end, Duration::from_secs(2));
+        assert_eq!(
+            (s[1].start, s[1].end),
+            (Duration::from_secs(2), Duration::from_secs(5))
+        );
+        assert_eq!(s[2].end, Duration::from_secs(7));
+        assert_eq!((s[2].from, s[2].to), (10, 4));
+        assert_eq!(s[0].level_at(Duration::from_secs(1)), 5);
+        assert_eq!(s[2].level_at(Duration::from_secs(6)), 7);
+        assert_eq!(total(&s), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn workers_split_slots_without_overlap() {
+        let p =
+            profile(r#"[{"ramp":{"rate":10}},{"hold":{"for":"1s"}},{"ramp":{"to":6,"rate":4}}]"#);
+        let s = spans(&p);
+        let mut all: Vec<SlotEvent> = (0..3).flat_map(|w| WorkerSchedule::new(&s, w, 3)).collect();
+        all.sort_by_key(|e| (e.at, e.slot));
+        let opens: Vec<u64> = all
+            .iter()
+            .filter(|e| e.action == SlotAction::Open)
+            .map(|e| e.slot)
+            .collect();
+        assert_eq!(opens, (0..10).collect::<Vec<_>>());
+        let closes: Vec<u64> = all
+            .iter()
+            .filter(|e| e.action == SlotAction::Close)
+            .map(|e| e.slot)
+            .collect();
+        assert_eq!(closes, vec![9, 8, 7, 6]);
+        assert_eq!(
+            all.last().unwrap().at,
+            Duration::from_secs(2) + Duration::from_millis(750)
+        );
+    }
+}

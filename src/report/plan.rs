@@ -1,0 +1,145 @@
+//! `stampede profile check`: the expanded plan of a profile, as a person reads it.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use crate::agent::pool::SourcePool;
+use crate::host;
+use crate::profile::duration::Human;
+use crate::profile::timeline;
+use crate::profile::{Profile, TargetSpec};
+
+pub fn render(profile: &Profile) -> String {
+    let mut out = String::new();
+    let spans = timeline::spans(profile);
+    let peak = profile.peak_connections();
+    let _ = writeln!(out, "profile     {}: valid", profile.name);
+    if let Some(text) = &profile.description {
+        let _ = writeln!(out, "            {text}");
+    }
+    let targets: Vec<SocketAddr> = match &profile.target {
+        TargetSpec::Embedded => {
+            let _ = writeln!(
+                out,
+                "target      embedded sink on 127.0.0.1 (port chosen at start)"
+            );
+            vec![SocketAddr::from(([127, 0, 0, 1], 1))]
+        }
+        TargetSpec::Addrs(addrs) => {
+            let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "target      {}", list.join(", "));
+            addrs.clone()
+        }
+    };
+    let _ = writeln!(out, "protocol    {}", profile.protocol.name());
+    let _ = writeln!(
+        out,
+        "connections {} (peak held {peak})",
+        profile.connections
+    );
+    match &profile.heartbeat {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "heartbeat   every {}, {} bytes, echo timeout {} ({:.0} heartbeats/s at peak)",
+                Human(h.interval),
+                h.payload_bytes,
+                Human(h.timeout),
+                peak as f64 / h.interval.as_secs_f64()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "heartbeat   none (connections are held silently)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "connect     timeout {}",
+        Human(profile.connect_timeout)
+    );
+    let _ = writeln!(out, "phases");
+    for span in &spans {
+        let detail = match span.rate {
+            Some(rate) => format!("{} -> {} at {rate}/s", span.from, span.to),
+            None => format!("hold {} for {}", span.to, Human(span.end - span.start)),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>2} {:<5} {:>9} -> {:<9} {detail}",
+            span.index + 1,
+            span.kind,
+            format!("{:.1}s", span.start.as_secs_f64()),
+            format!("{:.1}s", span.end.as_secs_f64()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "duration    {:.1}s planned",
+        timeline::total(&spans).as_secs_f64()
+    );
+    match SourcePool::new(&profile.sources, &targets, host::ephemeral_port_range()) {
+        Ok(pool) => {
+            let sources = pool.sources.len();
+            let _ = writeln!(
+                out,
+                "sources     {} ({})",
+                if profile.sources.addrs.is_empty() {
+                    "kernel-chosen".to_string()
+                } else {
+                    format!("{sources} address(es)")
+                },
+                match pool.port_range {
+                    Some(r) => format!("per-socket port range {r}, {} ports", r.len()),
+                    None => format!(
+                        "ephemeral range {}, {} ports",
+                        pool.system_range, pool.ports_per_pair
+                    ),
+                }
+            );
+            let busiest = pool.busiest_pair(peak);
+            let _ = writeln!(
+                out,
+                "capacity    {} connections = {sources} source(s) x {} ports x {} target(s); \
+                 each source IP needs up to {busiest} ports per target ({} connections per source IP)",
+                pool.capacity(),
+                pool.ports_per_pair,
+                pool.targets.len(),
+                peak.div_ceil(sources as u64),
+            );
+            match pool.check(peak) {
+                Ok(()) => {
+                    let _ = writeln!(out, "            fits");
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "            DOES NOT FIT: {e}");
+                }
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(out, "sources     DOES NOT FIT: {e}");
+        }
+    }
+    let per_connection = if profile.target == TargetSpec::Embedded {
+        2
+    } else {
+        1
+    };
+    let need = peak * per_connection + host::FD_RESERVE;
+    let limit = host::fd_limit().map_or(0, |l| l.hard);
+    let _ = writeln!(
+        out,
+        "files       needs {need} descriptors{}; this host allows {limit} per process",
+        if per_connection == 2 {
+            " (the embedded sink doubles the sockets)"
+        } else {
+            ""
+        }
+    );
+    if profile.thresholds.is_empty() {
+        let _ = writeln!(out, "thresholds  none");
+    } else {
+        let list: Vec<&str> = profile.thresholds.iter().map(|t| t.text.as_str()).collect();
+        let _ = writeln!(out, "thresholds  {}", list.join(", "));
+    }
+    out
+}

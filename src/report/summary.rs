@@ -1,0 +1,313 @@
+//! `summary.json` (schema `stampede.summary/v1`, see `schemas/summary.schema.json`) and the
+//! threshold evaluation that decides the outcome.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::metrics::{Aggregate, Counts, ErrorKind, Latency, TimelinePoint};
+use crate::profile::threshold::{Subject, Threshold};
+use crate::profile::timeline::PhaseSpan;
+
+pub const SCHEMA: &str = "stampede.summary/v1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Aborted,
+}
+
+impl Outcome {
+    /// Exit code: 0 pass, 1 a threshold failed, 3 aborted.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Pass => 0,
+            Outcome::Fail => 1,
+            Outcome::Aborted => 3,
+        }
+    }
+}
+
+/// Error counts serialised as an object with one key per kind, in a fixed order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorCounts(pub [u64; ErrorKind::COUNT]);
+
+impl Serialize for ErrorCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(ErrorKind::COUNT))?;
+        for kind in ErrorKind::ALL {
+            map.serialize_entry(kind.name(), &self.0[kind as usize])?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub min: Option<u64>,
+    pub mean: Option<f64>,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub p999: Option<u64>,
+    pub max: Option<u64>,
+}
+
+impl LatencyStats {
+    pub fn of(h: &Histogram<u64>) -> LatencyStats {
+        if h.is_empty() {
+            return LatencyStats::default();
+        }
+        LatencyStats {
+            count: h.len(),
+            min: Some(h.min()),
+            mean: Some((h.mean() * 10.0).round() / 10.0),
+            p50: Some(h.value_at_quantile(0.5)),
+            p90: Some(h.value_at_quantile(0.9)),
+            p99: Some(h.value_at_quantile(0.99)),
+            p999: Some(h.value_at_quantile(0.999)),
+            max: Some(h.max()),
+        }
+    }
+
+    fn stat(&self, name: &str) -> Option<f64> {
+        match name {
+            "p50" => self.p50.map(|v| v as f64),
+            "p90" => self.p90.map(|v| v as f64),
+            "p99" => self.p99.map(|v| v as f64),
+            "p999" => self.p999.map(|v| v as f64),
+            "max" => self.max.map(|v| v as f64),
+            "mean" => self.mean,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub connect: LatencyStats,
+    pub connect_service: LatencyStats,
+    pub heartbeat_rtt: LatencyStats,
+}
+
+impl LatencySummary {
+    fn family(&self, name: &str) -> Option<&LatencyStats> {
+        match name {
+            "connect" => Some(&self.connect),
+            "connect_service" => Some(&self.connect_service),
+            "heartbeat" => Some(&self.heartbeat_rtt),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ConnectionCounts {
+    pub requested: u64,
+    pub attempts: u64,
+    pub established: u64,
+    pub peak_open: u64,
+    pub open_at_end: u64,
+    pub closed: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HeartbeatCounts {
+    pub sent: u64,
+    pub answered: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ThresholdResult {
+    pub name: String,
+    pub metric: String,
+    pub op: &'static str,
+    pub limit: f64,
+    pub unit: &'static str,
+    pub observed: Option<f64>,
+    pub pass: bool,
+}
+
+/// Counters of one source address or one target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScopeCounts {
+    pub addr: String,
+    pub attempts: u64,
+    pub established: u64,
+    pub closed: u64,
+    pub errors: ErrorCounts,
+}
+
+impl ScopeCounts {
+    fn of(addr: String, counts: &Counts) -> ScopeCounts {
+        ScopeCounts {
+            addr,
+            attempts: counts.attempts,
+            established: counts.established,
+            closed: counts.closed,
+            errors: ErrorCounts(counts.errors),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseRecord {
+    pub index: usize,
+    pub name: &'static str,
+    /// Seconds from the run's start.
+    pub start_s: f64,
+    pub end_s: f64,
+    /// Connections wanted open at the phase's start and end.
+    pub from: u64,
+    pub to: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub schema: &'static str,
+    pub stampede_version: &'static str,
+    pub profile: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    pub started_at_unix_ms: u64,
+    pub duration_s: f64,
+    pub planned_duration_s: f64,
+    pub workers: usize,
+    pub connections: ConnectionCounts,
+    pub heartbeats: HeartbeatCounts,
+    pub errors: ErrorCounts,
+    pub latency_us: LatencySummary,
+    pub thresholds: Vec<ThresholdResult>,
+    pub sources: Vec<ScopeCounts>,
+    pub targets: Vec<ScopeCounts>,
+    pub phases: Vec<PhaseRecord>,
+    pub timeline: Vec<TimelinePoint>,
+}
+
+/// What the run knows besides the merged figures.
+pub struct RunFacts<'a> {
+    pub profile: &'a str,
+    pub requested: u64,
+    pub spans: &'a [PhaseSpan],
+    pub thresholds: &'a [Threshold],
+    pub source_labels: Vec<String>,
+    pub target_labels: Vec<String>,
+    pub started_at_unix_ms: u64,
+    pub elapsed_s: f64,
+    pub workers: usize,
+    /// Why the run stopped early, if it did.
+    pub abort_reason: Option<String>,
+}
+
+impl Summary {
+    pub fn build(facts: RunFacts<'_>, aggregate: &Aggregate) -> Summary {
+        let totals = &aggregate.totals;
+        let c = &totals.totals;
+        let latency = LatencySummary {
+            connect: LatencyStats::of(totals.latency.get(Latency::Connect)),
+            connect_service: LatencyStats::of(totals.latency.get(Latency::ConnectService)),
+            heartbeat_rtt: LatencyStats::of(totals.latency.get(Latency::HeartbeatRtt)),
+        };
+        let phases = facts
+            .spans
+            .iter()
+            .filter(|s| s.start.as_secs_f64() <= facts.elapsed_s)
+            .map(|s| PhaseRecord {
+                index: s.index,
+                name: s.kind,
+                start_s: s.start.as_secs_f64(),
+                end_s: s.end.as_secs_f64().min(facts.elapsed_s),
+                from: s.from,
+                to: s.to,
+            })
+            .collect();
+        let mut summary = Summary {
+            schema: SCHEMA,
+            stampede_version: env!("CARGO_PKG_VERSION"),
+            profile: facts.profile.to_string(),
+            outcome: Outcome::Pass,
+            abort_reason: facts.abort_reason.clone(),
+            started_at_unix_ms: facts.started_at_unix_ms,
+            duration_s: (facts.elapsed_s * 1000.0).round() / 1000.0,
+            planned_duration_s: crate::profile::timeline::total(facts.spans).as_secs_f64(),
+            workers: facts.workers,
+            connections: ConnectionCounts {
+                requested: facts.requested,
+                attempts: c.attempts,
+                established: c.established,
+                peak_open: aggregate.peak_open,
+                open_at_end: aggregate.open,
+                closed: c.closed,
+            },
+            heartbeats: HeartbeatCounts {
+                sent: c.heartbeats_sent,
+                answered: c.heartbeats_answered,
+            },
+            errors: ErrorCounts(c.errors),
+            latency_us: latency,
+            thresholds: Vec::new(),
+            sources: facts
+                .source_labels
+                .into_iter()
+                .zip(&totals.per_source)
+                .map(|(addr, counts)| ScopeCounts::of(addr, counts))
+                .collect(),
+            targets: facts
+                .target_labels
+                .into_iter()
+                .zip(&totals.per_target)
+                .map(|(addr, counts)| ScopeCounts::of(addr, counts))
+                .collect(),
+            phases,
+            timeline: aggregate.timeline.clone(),
+        };
+        summary.thresholds = facts
+            .thresholds
+            .iter()
+            .map(|t| {
+                let observed = summary.observe(t);
+                ThresholdResult {
+                    name: t.text.clone(),
+                    metric: t.metric.clone(),
+                    op: t.op.as_str(),
+                    limit: t.limit,
+                    unit: t.unit(),
+                    observed,
+                    pass: t.holds(observed),
+                }
+            })
+            .collect();
+        summary.outcome = if facts.abort_reason.is_some() {
+            Outcome::Aborted
+        } else if summary.thresholds.iter().all(|t| t.pass) {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        summary
+    }
+
+    /// The figure a threshold reads, or `None` when there is no sample to judge.
+    pub fn observe(&self, threshold: &Threshold) -> Option<f64> {
+        let c = &self.connections;
+        match &threshold.subject {
+            Subject::Latency { family, stat } => self.latency_us.family(family)?.stat(stat),
+            Subject::Errors(None) => Some(self.errors.0.iter().sum::<u64>() as f64),
+            Subject::Errors(Some(kind)) => Some(self.errors.0[*kind as usize] as f64),
+            Subject::EstablishedRatio => {
+                Some((c.established as f64 / c.requested.max(1) as f64).min(1.0))
+            }
+            Subject::Established => Some(c.established as f64),
+            Subject::Attempts => Some(c.attempts as f64),
+            Subject::PeakOpen => Some(c.peak_open as f64),
+        }
+    }
+
+    pub fn error_total(&self) -> u64 {
+        self.errors.0.iter().sum()
+    }
+}

@@ -1,0 +1,138 @@
+//! The human summary printed at the end of a run, and the one-line progress report.
+
+use std::fmt::Write;
+
+use super::summary::{LatencyStats, Outcome, ScopeCounts, Summary};
+use crate::metrics::ErrorKind;
+use crate::profile::duration::human_micros;
+
+fn cell(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), human_micros)
+}
+
+fn latency_row(out: &mut String, name: &str, s: &LatencyStats) {
+    let _ = writeln!(
+        out,
+        "  {name:<16}{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        s.count,
+        cell(s.min),
+        cell(s.p50),
+        cell(s.p90),
+        cell(s.p99),
+        cell(s.p999),
+        cell(s.max),
+        s.mean
+            .map_or_else(|| "-".to_string(), |m| human_micros(m.round() as u64)),
+    );
+}
+
+fn errors_text(errors: &[u64; ErrorKind::COUNT]) -> String {
+    let parts: Vec<String> = ErrorKind::ALL
+        .iter()
+        .filter(|k| errors[**k as usize] > 0)
+        .map(|k| format!("{} {}", k.name(), errors[*k as usize]))
+        .collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn scope_rows(out: &mut String, title: &str, rows: &[ScopeCounts]) {
+    const SHOWN: usize = 10;
+    let _ = writeln!(out, "{title}");
+    let mut sorted: Vec<&ScopeCounts> = rows.iter().collect();
+    sorted.sort_by(|a, b| b.attempts.cmp(&a.attempts).then(a.addr.cmp(&b.addr)));
+    for row in sorted.iter().take(SHOWN) {
+        let _ = writeln!(
+            out,
+            "  {:<24} attempts {:>9}  established {:>9}  closed {:>7}  errors: {}",
+            row.addr,
+            row.attempts,
+            row.established,
+            row.closed,
+            errors_text(&row.errors.0)
+        );
+    }
+    if rows.len() > SHOWN {
+        let _ = writeln!(
+            out,
+            "  ... and {} more (see summary.json)",
+            rows.len() - SHOWN
+        );
+    }
+}
+
+/// Renders the end-of-run summary.
+pub fn render(summary: &Summary) -> String {
+    let mut out = String::new();
+    let verdict = match summary.outcome {
+        Outcome::Pass => "PASS",
+        Outcome::Fail => "FAIL",
+        Outcome::Aborted => "ABORTED",
+    };
+    let _ = writeln!(
+        out,
+        "\nstampede: {} -- {verdict} after {:.1}s (planned {:.1}s, {} worker(s))",
+        summary.profile, summary.duration_s, summary.planned_duration_s, summary.workers
+    );
+    if let Some(reason) = &summary.abort_reason {
+        let _ = writeln!(out, "aborted: {reason}");
+    }
+    let c = &summary.connections;
+    let ratio = if c.requested > 0 {
+        100.0 * c.established as f64 / c.requested as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "connections  requested {}  attempts {}  established {} ({ratio:.1}%)  peak open {}  closed early {}",
+        c.requested, c.attempts, c.established, c.peak_open, c.closed
+    );
+    let _ = writeln!(
+        out,
+        "heartbeats   sent {}  answered {}",
+        summary.heartbeats.sent, summary.heartbeats.answered
+    );
+    let _ = writeln!(out, "errors       {}", errors_text(&summary.errors.0));
+    let _ = writeln!(
+        out,
+        "latency{:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "count", "min", "p50", "p90", "p99", "p99.9", "max", "mean"
+    );
+    latency_row(&mut out, "connect", &summary.latency_us.connect);
+    latency_row(
+        &mut out,
+        "connect_service",
+        &summary.latency_us.connect_service,
+    );
+    latency_row(&mut out, "heartbeat_rtt", &summary.latency_us.heartbeat_rtt);
+    if summary.sources.len() > 1 {
+        scope_rows(&mut out, "sources", &summary.sources);
+    }
+    if summary.targets.len() > 1 {
+        scope_rows(&mut out, "targets", &summary.targets);
+    }
+    if summary.thresholds.is_empty() {
+        let _ = writeln!(out, "thresholds   none set");
+    } else {
+        let _ = writeln!(out, "thresholds");
+        for t in &summary.thresholds {
+            let observed = match (t.observed, t.unit) {
+                (None, _) => "no samples".to_string(),
+                (Some(v), "us") => human_micros(v.round() as u64),
+                (Some(v), "ratio") => format!("{v:.4}"),
+                (Some(v), _) => format!("{v}"),
+            };
+            let _ = writeln!(
+                out,
+                "  {}  {:<32} observed {observed}",
+                if t.pass { "pass" } else { "FAIL" },
+                t.name
+            );
+        }
+    }
+    out
+}
