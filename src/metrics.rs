@@ -200,6 +200,10 @@ pub struct IntervalData {
     /// Indexed like the run's target list.
     pub per_target: Vec<Counts>,
     pub latency: LatencySet,
+    /// Microseconds from the run's start to the first `connect()` of the interval, if any.
+    pub first_attempt_us: Option<u64>,
+    /// Microseconds from the run's start to the last connection established in the interval.
+    pub last_established_us: Option<u64>,
 }
 
 impl IntervalData {
@@ -209,6 +213,8 @@ impl IntervalData {
             per_source: vec![Counts::default(); sources],
             per_target: vec![Counts::default(); targets],
             latency: LatencySet::default(),
+            first_attempt_us: None,
+            last_established_us: None,
         }
     }
 
@@ -221,6 +227,11 @@ impl IntervalData {
             mine.add(theirs);
         }
         self.latency.add(&other.latency);
+        self.first_attempt_us = match (self.first_attempt_us, other.first_attempt_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_established_us = self.last_established_us.max(other.last_established_us);
     }
 
     /// Applies `f` to the run, source and target counters of one event.

@@ -62,6 +62,12 @@ pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant) {
         .borrow_mut()
         .count(source, target, |c| c.attempts += 1);
     let began = Instant::now();
+    {
+        let mut data = shard.data.borrow_mut();
+        if data.first_attempt_us.is_none() {
+            data.first_attempt_us = Some(micros(began.saturating_duration_since(shard.start)));
+        }
+    }
     let stream = match connect(&shard, source, target, began).await {
         Ok(stream) => stream,
         Err(kind) => return shard.fail(source, target, kind),
@@ -76,6 +82,7 @@ pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant) {
         data.latency
             .record(Latency::ConnectService, micros(now - began));
         data.count(source, target, |c| c.established += 1);
+        data.last_established_us = Some(micros(now.saturating_duration_since(shard.start)));
     }
     shard.open.set(shard.open.get() + 1);
     let _open = OpenGuard {

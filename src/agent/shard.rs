@@ -30,6 +30,8 @@ pub(crate) struct Shard {
     pub tearing_down: Cell<bool>,
     /// Heartbeat bytes, shared by every connection.
     pub payload: Box<[u8]>,
+    /// The run's start, which event offsets count from.
+    pub start: Instant,
 }
 
 impl Shard {
@@ -62,6 +64,7 @@ pub(crate) async fn run(
         open: Cell::new(0),
         tearing_down: Cell::new(false),
         payload: vec![b'h'; payload_len].into_boxed_slice(),
+        start,
         plan: plan.clone(),
     });
     let end = start + timeline::total(&plan.spans);

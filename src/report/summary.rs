@@ -112,6 +112,11 @@ pub struct ConnectionCounts {
     pub peak_open: u64,
     pub open_at_end: u64,
     pub closed: u64,
+    /// Seconds from the run's start to the first `connect()` and to the last establishment.
+    pub first_attempt_s: Option<f64>,
+    pub last_established_s: Option<f64>,
+    /// Established connections per second between those two moments.
+    pub connects_per_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -242,6 +247,14 @@ impl Summary {
                 peak_open: aggregate.peak_open,
                 open_at_end: aggregate.open,
                 closed: c.closed,
+                first_attempt_s: totals.first_attempt_us.map(|us| us as f64 / 1e6),
+                last_established_s: totals.last_established_us.map(|us| us as f64 / 1e6),
+                connects_per_s: match (totals.first_attempt_us, totals.last_established_us) {
+                    (Some(first), Some(last)) if last > first => {
+                        Some((c.established as f64 * 1e6 / (last - first) as f64).round())
+                    }
+                    _ => None,
+                },
             },
             heartbeats: HeartbeatCounts {
                 sent: c.heartbeats_sent,
