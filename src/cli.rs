@@ -205,7 +205,7 @@ async fn run_command(args: RunArgs) -> i32 {
         workers: args.workers.map(usize::from),
         allow_overcommit: args.allow_overcommit,
         progress: if args.quiet {
-            Progress::Silent
+            Progress::SummaryOnly
         } else {
             Progress::Lines
         },

@@ -149,15 +149,31 @@ pub fn report(profile: Option<&Profile>) -> DoctorReport {
             let wanted_sources = peak
                 .div_ceil(targets.len() as u64)
                 .div_ceil(pool.ports_per_pair.max(1));
-            let mut fixes = vec![format!(
-                "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"   # {} ports per source IP and target",
-                65535 - 1024 + 1
-            )];
+            let mut fixes = Vec::new();
+            match pool.port_range {
+                Some(r) => fixes.push(format!(
+                    "widen sources.port_range (now {r}, {} ports) toward the system range {}",
+                    r.len(),
+                    pool.system_range
+                )),
+                None => fixes.push(format!(
+                    "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"   # {} ports per source IP and target",
+                    65535 - 1024 + 1
+                )),
+            }
             if wanted_sources > sources {
-                fixes.push(format!(
-                    "for i in $(seq 2 {}); do ip addr add 127.0.0.$i/32 dev lo; done   # loopback tests; on a NIC add real addresses, then list them in sources.addrs",
-                    (wanted_sources + 1).min(254)
-                ));
+                let loopback = targets.iter().all(|t| t.ip().is_loopback());
+                fixes.push(if loopback {
+                    format!(
+                        "list {wanted_sources} source addresses, e.g. \"sources\": {{\"addrs\": [\"127.0.1.1-127.0.1.{}\"]}} (all of 127.0.0.0/8 binds on loopback)",
+                        wanted_sources.min(254)
+                    )
+                } else {
+                    format!(
+                        "add {} more addresses to the NIC that faces the target (ip addr add ADDR/32 dev IFACE) and list them in sources.addrs",
+                        wanted_sources - sources
+                    )
+                });
             }
             limits.push((
                 format!(

@@ -46,8 +46,11 @@ impl RunError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// One line a second on stderr.
+    /// One line a second on stderr, then the summary on stdout.
     Lines,
+    /// Only the summary on stdout.
+    SummaryOnly,
+    /// Nothing on the terminal (library use, tests).
     Silent,
 }
 
@@ -344,9 +347,11 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     {
         write_errors.push(format!("{}: {e}", path.display()));
     }
-    let mut stdout = std::io::stdout();
-    let _ = write!(stdout, "{}", text::render(&summary));
-    let _ = stdout.flush();
+    if options.progress != Progress::Silent {
+        let mut stdout = std::io::stdout();
+        let _ = write!(stdout, "{}", text::render(&summary));
+        let _ = stdout.flush();
+    }
     let mut exit_code = summary.outcome.exit_code();
     if !write_errors.is_empty() {
         let _ = writeln!(

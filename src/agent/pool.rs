@@ -152,17 +152,24 @@ impl SourcePool {
             .div_ceil(targets as u64)
             .div_ceil(self.ports_per_pair);
         let more = needed_sources.saturating_sub(per_target_sources).max(1);
+        let total = per_target_sources + more;
+        let example = match self.sources.iter().flatten().next() {
+            Some(IpAddr::V4(first)) => {
+                let last = u32::from(*first).saturating_add(total as u32 - 1);
+                format!("\"{first}-{}\"", std::net::Ipv4Addr::from(last))
+            }
+            _ => format!("{total} addresses"),
+        };
         Err(CapacityError {
             message: format!(
                 "the plan needs {connections} connections but the source pool holds {}: {sources} \
                  source address(es) x {} ports ({range_text}) x {targets} target(s), so a \
                  (source, target) pair would need {busiest} ports. Add {more} more source \
-                 address(es) to sources.addrs (e.g. a range like \"127.0.0.2-127.0.0.{}\"), \
-                 widen the port range, or add targets; pass --allow-overcommit to run it anyway \
-                 and count the excess as addr_not_available",
+                 address(es) to sources.addrs ({total} in all, e.g. {example}), widen the port \
+                 range, or add targets; pass --allow-overcommit to run it anyway and count the \
+                 excess as addr_not_available",
                 self.capacity(),
                 self.ports_per_pair,
-                (1 + more + per_target_sources).min(254),
             ),
         })
     }
@@ -216,7 +223,7 @@ mod tests {
         assert!(pool.check(500).is_ok());
         let err = pool.check(1500).unwrap_err().message;
         assert!(err.contains("holds 500"), "{err}");
-        assert!(err.contains("Add 2 more source"), "{err}");
+        assert!(err.contains("Add 2 more source address(es) to sources.addrs (3 in all, e.g. \"127.0.0.2-127.0.0.4\")"), "{err}");
         let pool = SourcePool::new(
             &spec(
                 &["127.0.0.2", "127.0.0.3", "127.0.0.4"],

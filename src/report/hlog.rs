@@ -65,6 +65,8 @@ impl HlogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
     use hdrhistogram::serialization::Deserializer;
     use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
@@ -87,7 +89,7 @@ mod tests {
             if let LogEntry::Interval(h) = entry.unwrap() {
                 histograms += 1;
                 if h.tag().map(|t| t.as_str()) == Some("connect") {
-                    let bytes = base64_decode(h.encoded_histogram());
+                    let bytes = STANDARD.decode(h.encoded_histogram()).unwrap();
                     let decoded: hdrhistogram::Histogram<u64> =
                         Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
                     connect_total += decoded.len();
@@ -96,23 +98,5 @@ mod tests {
         }
         assert_eq!(histograms, 6);
         assert_eq!(connect_total, 2);
-    }
-
-    fn base64_decode(text: &str) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        let mut buffer = 0u32;
-        let mut bits = 0;
-        for byte in text.bytes().filter(|b| *b != b'=') {
-            let value = ALPHABET.iter().position(|c| *c == byte).unwrap() as u32;
-            buffer = (buffer << 6) | value;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((buffer >> bits) as u8);
-                buffer &= (1 << bits) - 1;
-            }
-        }
-        out
     }
 }

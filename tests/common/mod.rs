@@ -1,0 +1,157 @@
+//! Shared helpers for integration tests: real servers on loopback, the real binary, schemas.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stampede::profile::Profile;
+use stampede::run::{self, Progress, RunOptions, RunResult};
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stampede"))
+}
+
+/// Validates `instance` against `schemas/NAME`, listing every violation on failure.
+pub fn assert_schema(name: &str, instance: &Value) {
+    let text = std::fs::read_to_string(repo(&format!("schemas/{name}"))).unwrap();
+    let schema: Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}");
+}
+
+/// An in-process sink on `127.0.0.1:0`; dropping the handle stops it and drops its connections.
+pub struct SinkHandle {
+    pub addr: SocketAddr,
+    pub stats: Arc<stampede::sink::SinkStats>,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SinkHandle {
+    pub async fn start() -> SinkHandle {
+        let listener = stampede::sink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(stampede::sink::SinkStats::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(stampede::sink::run(vec![listener], stats.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        SinkHandle {
+            addr,
+            stats,
+            stop_tx: Some(stop_tx),
+        }
+    }
+}
+
+impl Drop for SinkHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Runs a profile (JSON text) in this process, silently, and returns its result.
+pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path>) -> RunResult {
+    let profile = Profile::from_value(profile.clone()).expect("valid test profile");
+    let (_abort_tx, abort_rx) = tokio::sync::watch::channel(None);
+    run::execute(RunOptions {
+        profile,
+        out_dir: out.map(Path::to_path_buf),
+        junit: None,
+        workers: Some(2),
+        allow_overcommit,
+        progress: Progress::Silent,
+        abort_rx,
+    })
+    .await
+    .expect("run starts")
+}
+
+/// A `stampede sink` child process; killed on drop.
+pub struct SinkProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl SinkProcess {
+    pub fn start() -> SinkProcess {
+        let mut child = bin()
+            .args(["sink", "--listen", "127.0.0.1:0", "--quiet"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sink starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected sink output {line:?}"))
+            .parse()
+            .unwrap();
+        SinkProcess { child, addr }
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `reader` line by line until `pred` matches one, or panics after `limit`.
+pub fn wait_for_line(
+    reader: &mut impl BufRead,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
+    let mut line = String::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no matching line within {limit:?}"
+        );
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(n > 0, "stream ended before a matching line");
+        if pred(&line) {
+            return line;
+        }
+    }
+}
+
+/// Waits for a child with a bound; kills it and panics if it overstays.
+pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
