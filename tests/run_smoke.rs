@@ -78,6 +78,33 @@ fn smoke_profile_passes_and_writes_valid_outputs() {
     assert!(intervals >= 36, "{intervals}");
     assert_eq!(connect_count, 2000);
 
+    // HdrHistogram's own log reader (Python hdrh) agrees with the summary, count and p99.
+    let out = std::process::Command::new("python3")
+        .arg(repo("scripts/hlog-read.py"))
+        .arg(dir.path().join("latency.hlog"))
+        .output()
+        .expect("python3 runs (scripts/test installs hdrhistogram)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (tag, key) in [
+        ("connect", "connect"),
+        ("connect_service", "connect_service"),
+        ("heartbeat_rtt", "heartbeat_rtt"),
+    ] {
+        assert_eq!(
+            read["tags"][tag]["count"], summary["latency_us"][key]["count"],
+            "{tag}"
+        );
+        assert_eq!(
+            read["tags"][tag]["p99"], summary["latency_us"][key]["p99"],
+            "{tag}"
+        );
+    }
+
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(xml.matches("<testcase ").count(), 4, "{xml}");
     assert!(xml.contains("failures=\"0\""), "{xml}");
