@@ -34,10 +34,19 @@ pub struct EnginePlan {
     pub connect_timeout: Duration,
 }
 
+/// What the workers are told while they run. Written by `Engine`, read by every worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineControl {
+    /// Stop opening, close everything, send the last snapshot.
+    pub stop: bool,
+    /// Hold planned events (opens and closes) until resumed; the plan shifts by the pause.
+    pub paused: bool,
+}
+
 /// Running workers. Dropping it without `join` leaves the threads to finish on their own.
 pub struct Engine {
     threads: Vec<JoinHandle<()>>,
-    stop_tx: watch::Sender<bool>,
+    control_tx: watch::Sender<EngineControl>,
 }
 
 impl Engine {
@@ -48,7 +57,7 @@ impl Engine {
         start: Instant,
         snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
     ) -> std::io::Result<Engine> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (control_tx, control_rx) = watch::channel(EngineControl::default());
         let mut threads = Vec::with_capacity(workers);
         for worker in 0..workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -56,24 +65,32 @@ impl Engine {
                 .build()?;
             let plan = plan.clone();
             let snapshot_tx = snapshot_tx.clone();
-            let stop_rx = stop_rx.clone();
+            let control_rx = control_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("stampede-worker-{worker}"))
                 .spawn(move || {
                     let local = tokio::task::LocalSet::new();
                     local.block_on(
                         &runtime,
-                        shard::run(plan, worker, workers, start, snapshot_tx, stop_rx),
+                        shard::run(plan, worker, workers, start, snapshot_tx, control_rx),
                     );
                 })?;
             threads.push(thread);
         }
-        Ok(Engine { threads, stop_tx })
+        Ok(Engine {
+            threads,
+            control_tx,
+        })
     }
 
     /// Asks every worker to stop opening, close what it holds and send its last snapshot.
     pub fn stop(&self) {
-        self.stop_tx.send_replace(true);
+        self.control_tx.send_modify(|c| c.stop = true);
+    }
+
+    /// Holds (or releases) every planned open and close.
+    pub fn set_paused(&self, paused: bool) {
+        self.control_tx.send_modify(|c| c.paused = paused);
     }
 
     /// Waits for the worker threads; call after their last snapshots arrived.

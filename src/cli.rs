@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::sync::watch;
 
+use crate::live::{Control, ControlTx};
 use crate::profile::Profile;
 use crate::report::plan as plan_text;
 use crate::run::{self, Progress, RunOptions};
@@ -166,9 +166,8 @@ pub async fn main(cli: Cli) -> i32 {
     }
 }
 
-/// Turns SIGINT and SIGTERM into a graceful abort; a second signal exits at once.
-fn watch_signals() -> watch::Receiver<Option<String>> {
-    let (abort_tx, abort_rx) = watch::channel(None);
+/// Turns SIGINT and SIGTERM into a graceful stop; a second signal exits at once.
+fn watch_signals(control_tx: ControlTx) {
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -176,7 +175,12 @@ fn watch_signals() -> watch::Receiver<Option<String>> {
         loop {
             let name = tokio::select! {
                 _ = tokio::signal::ctrl_c() => "SIGINT",
-                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => "SIGTERM",
+                Some(()) = async {
+                    match term.as_mut() {
+                        Some(t) => t.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => "SIGTERM",
             };
             signals += 1;
             if signals > 1 {
@@ -186,10 +190,9 @@ fn watch_signals() -> watch::Receiver<Option<String>> {
             eprint_line(&format!(
                 "stampede: {name}: closing connections and writing the summary (again to exit now)"
             ));
-            abort_tx.send_replace(Some(format!("interrupted by {name}")));
+            let _ = control_tx.send(Control::Stop(format!("interrupted by {name}")));
         }
     });
-    abort_rx
 }
 
 async fn run_command(args: RunArgs) -> i32 {
@@ -197,7 +200,8 @@ async fn run_command(args: RunArgs) -> i32 {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let abort_rx = watch_signals();
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    watch_signals(control_tx);
     let options = RunOptions {
         profile,
         out_dir: args.out,
@@ -209,7 +213,8 @@ async fn run_command(args: RunArgs) -> i32 {
         } else {
             Progress::Lines
         },
-        abort_rx,
+        control_rx,
+        live_tx: None,
     };
     match run::execute(options).await {
         Ok(result) => result.exit_code,

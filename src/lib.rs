@@ -8,14 +8,17 @@
 //!   sockets, the per-connection state machine and per-thread workers.
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
+//! - `live`: per-second snapshots for live views, and the controls they send back.
 //! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
 //! - `sink`: the built-in echo-and-hold target.
 //! - `host` and `doctor`: this host's limits and whether a plan fits.
 
 pub mod agent;
 pub mod cli;
+pub mod collect;
 pub mod doctor;
 pub mod host;
+pub mod live;
 pub mod metrics;
 pub mod profile;
 pub mod report;

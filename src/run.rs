@@ -4,25 +4,23 @@
 //!
 //! Everything that can refuse a plan does so before the first socket opens.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::agent::pool::SourcePool;
 use crate::agent::{Engine, EnginePlan};
+use crate::collect::Collector;
+pub use crate::collect::{Outputs, Progress, RunResult};
 use crate::host;
-use crate::metrics::{Aggregate, CompletedInterval, Latency};
-use crate::profile::duration::human_micros;
-use crate::profile::timeline::{self, PhaseSpan};
+use crate::live::{Control, ControlRx, LiveTx};
+use crate::profile::timeline;
 use crate::profile::{Profile, TargetSpec};
 use crate::report::hlog::HlogWriter;
-use crate::report::summary::{RunFacts, Summary};
-use crate::report::{junit, text};
 use crate::sink;
 
 /// A run that could not start (exit code 2) or broke down (exit code 3).
@@ -44,16 +42,6 @@ impl RunError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// One line a second on stderr, then the summary on stdout.
-    Lines,
-    /// Only the summary on stdout.
-    SummaryOnly,
-    /// Nothing on the terminal (library use, tests).
-    Silent,
-}
-
 pub struct RunOptions {
     pub profile: Profile,
     pub out_dir: Option<PathBuf>,
@@ -63,13 +51,10 @@ pub struct RunOptions {
     /// Run even if the source pool cannot hold the plan (to show the port wall).
     pub allow_overcommit: bool,
     pub progress: Progress,
-    /// Flips to `Some(reason)` to stop the run gracefully (Ctrl-C, SIGTERM).
-    pub abort_rx: watch::Receiver<Option<String>>,
-}
-
-pub struct RunResult {
-    pub summary: Summary,
-    pub exit_code: i32,
+    /// Stop, pause and resume requests (signals, the dashboard).
+    pub control_rx: ControlRx,
+    /// Where to publish a live snapshot each second, for a dashboard or metrics endpoint.
+    pub live_tx: Option<LiveTx>,
 }
 
 /// Connections, file descriptors and pool checked against this host before anything opens.
@@ -142,42 +127,6 @@ fn preflight(options: &RunOptions) -> Result<Preflight, RunError> {
     Ok(Preflight { pool, workers })
 }
 
-fn phase_at(spans: &[PhaseSpan], elapsed: Duration) -> Option<&PhaseSpan> {
-    spans
-        .iter()
-        .find(|s| elapsed < s.end)
-        .or_else(|| spans.last())
-}
-
-fn progress_line(spans: &[PhaseSpan], interval: &CompletedInterval, elapsed: Duration) -> String {
-    let c = &interval.data.totals;
-    let (phase, wanted) = match phase_at(spans, elapsed) {
-        Some(span) => (
-            format!("{} {}/{}", span.kind, span.index + 1, spans.len()),
-            span.level_at(elapsed),
-        ),
-        None => ("-".to_string(), 0),
-    };
-    let p99 = |metric: Latency| {
-        let h = interval.data.latency.get(metric);
-        if h.is_empty() {
-            "-".to_string()
-        } else {
-            human_micros(h.value_at_quantile(0.99))
-        }
-    };
-    format!(
-        "[{:>6.1}s] {phase:<10} open {:>8}/{:<8} connects/s {:>7} errors {:>5} connect p99 {:>8} heartbeat p99 {:>8}",
-        elapsed.as_secs_f64(),
-        interval.open,
-        wanted,
-        c.established,
-        c.error_total(),
-        p99(Latency::Connect),
-        p99(Latency::HeartbeatRtt),
-    )
-}
-
 /// Plays `options.profile` in this process.
 pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let preflight = preflight(&options)?;
@@ -211,20 +160,20 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .map(|i| pool.source_label(i))
         .collect();
     let target_labels: Vec<String> = pool.targets.iter().map(ToString::to_string).collect();
-    let target_count = pool.targets.len();
-    let source_count = pool.sources.len();
 
-    let started_wall = SystemTime::now();
-    let mut hlog = match &options.out_dir {
+    let hlog = match &options.out_dir {
         Some(dir) => Some(
-            HlogWriter::create(&dir.join("latency.hlog"), &profile.name, started_wall).map_err(
-                |e| {
-                    RunError::Plan(format!(
-                        "--out {}: cannot write latency.hlog: {e}",
-                        dir.display()
-                    ))
-                },
-            )?,
+            HlogWriter::create(
+                &dir.join("latency.hlog"),
+                &profile.name,
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| {
+                RunError::Plan(format!(
+                    "--out {}: cannot write latency.hlog: {e}",
+                    dir.display()
+                ))
+            })?,
         ),
         None => None,
     };
@@ -242,33 +191,20 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let engine = Engine::start(plan, workers, start, snapshot_tx)
         .map_err(|e| RunError::Fatal(format!("cannot start worker threads: {e}")))?;
 
-    let mut aggregate = Aggregate::new(workers, source_count, target_count);
+    let mut collector = Collector::new(
+        profile,
+        spans,
+        source_labels,
+        target_labels,
+        workers,
+        start,
+        hlog,
+        options.progress,
+        options.live_tx.take(),
+    );
     let mut abort_reason: Option<String> = None;
-    let mut hlog_error: Option<String> = None;
     let mut finished = 0usize;
-    let mut handle = |done: Vec<CompletedInterval>, hlog: &mut Option<HlogWriter>, now: Instant| {
-        for interval in done {
-            let begin = Duration::from_secs(interval.seq);
-            let elapsed = now.saturating_duration_since(start);
-            let length = (elapsed.saturating_sub(begin)).min(Duration::from_secs(1));
-            if let Some(log) = hlog.as_mut()
-                && let Err(e) = log.write_interval(
-                    begin,
-                    length.max(Duration::from_millis(1)),
-                    &interval.data.latency,
-                )
-            {
-                hlog_error.get_or_insert_with(|| format!("latency.hlog: {e}"));
-            }
-            // The last interval may be a sliver after the final tick; nothing to say about it.
-            let sliver =
-                length < Duration::from_millis(100) && interval.data.totals == Default::default();
-            if options.progress == Progress::Lines && !sliver {
-                let line = progress_line(&spans, &interval, begin + length);
-                let _ = writeln!(std::io::stderr(), "{line}");
-            }
-        }
-    };
+    let mut controls_open = true;
     while finished < workers {
         tokio::select! {
             received = snapshot_rx.recv() => match received {
@@ -276,27 +212,31 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
                     if snapshot.last {
                         finished += 1;
                     }
-                    let done = aggregate.push(snapshot);
-                    handle(done, &mut hlog, Instant::now());
+                    collector.push(snapshot);
                 }
                 // Every worker is gone, whatever they managed to send.
                 None => break,
             },
-            changed = options.abort_rx.changed(), if abort_reason.is_none() => {
-                let reason = match changed {
-                    Ok(()) => options.abort_rx.borrow().clone(),
-                    Err(_) => None,
-                };
-                if let Some(reason) = reason {
-                    abort_reason = Some(reason);
-                    engine.stop();
+            control = options.control_rx.recv(), if controls_open => match control {
+                Some(Control::Stop(reason)) => {
+                    if abort_reason.is_none() {
+                        abort_reason = Some(reason);
+                        collector.set_stopping();
+                        engine.stop();
+                    }
                 }
-            }
+                Some(Control::Pause) => {
+                    engine.set_paused(true);
+                    collector.set_paused(true);
+                }
+                Some(Control::Resume) => {
+                    engine.set_paused(false);
+                    collector.set_paused(false);
+                }
+                None => controls_open = false,
+            },
         }
     }
-    let ended = Instant::now();
-    let done = aggregate.finish();
-    handle(done, &mut hlog, ended);
     if tokio::task::spawn_blocking(move || engine.join())
         .await
         .is_err()
@@ -307,59 +247,9 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     if let Some(task) = sink_task {
         let _ = task.await;
     }
-
-    let elapsed = ended.saturating_duration_since(start);
-    let summary = Summary::build(
-        RunFacts {
-            profile: &profile.name,
-            requested: profile.connections,
-            spans: &spans,
-            thresholds: &profile.thresholds,
-            source_labels,
-            target_labels,
-            started_at_unix_ms: started_wall
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            elapsed_s: elapsed.as_secs_f64(),
-            workers,
-            abort_reason,
-        },
-        &aggregate,
-    );
-    let mut write_errors = Vec::new();
-    if let Some(e) = hlog_error {
-        write_errors.push(e);
-    }
-    if let Some(log) = hlog
-        && let Err(e) = log.finish()
-    {
-        write_errors.push(format!("latency.hlog: {e}"));
-    }
-    if let Some(dir) = &options.out_dir {
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| RunError::Fatal(format!("cannot encode summary.json: {e}")))?;
-        if let Err(e) = std::fs::write(dir.join("summary.json"), json + "\n") {
-            write_errors.push(format!("summary.json: {e}"));
-        }
-    }
-    if let Some(path) = &options.junit
-        && let Err(e) = std::fs::write(path, junit::render(&summary))
-    {
-        write_errors.push(format!("{}: {e}", path.display()));
-    }
-    if options.progress != Progress::Silent {
-        let mut stdout = std::io::stdout();
-        let _ = write!(stdout, "{}", text::render(&summary));
-        let _ = stdout.flush();
-    }
-    let mut exit_code = summary.outcome.exit_code();
-    if !write_errors.is_empty() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "stampede: could not write results: {}",
-            write_errors.join("; ")
-        );
-        exit_code = exit_code.max(3);
-    }
-    Ok(RunResult { summary, exit_code })
+    let outputs = Outputs {
+        out_dir: options.out_dir.clone(),
+        junit: options.junit.clone(),
+    };
+    Ok(collector.finish(abort_reason, &outputs))
 }

@@ -57,7 +57,7 @@ async fn one_source_yields_exactly_the_range_and_three_reach_three_times() {
 async fn a_plan_over_the_pool_is_refused_before_it_starts() {
     let sink = SinkHandle::start().await;
     let profile = Profile::from_value(profile(sink.addr, &["127.0.31.9"], 700)).unwrap();
-    let (_tx, abort_rx) = tokio::sync::watch::channel(None);
+    let (_control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     let err = run::execute(RunOptions {
         profile,
         out_dir: None,
@@ -65,7 +65,8 @@ async fn a_plan_over_the_pool_is_refused_before_it_starts() {
         workers: Some(1),
         allow_overcommit: false,
         progress: Progress::Silent,
-        abort_rx,
+        control_rx,
+        live_tx: None,
     })
     .await
     .err()

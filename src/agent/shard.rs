@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::EnginePlan;
+use super::{EngineControl, EnginePlan};
 use crate::metrics::{ErrorKind, IntervalData, IntervalSnapshot};
 use crate::profile::timeline::{self, SlotAction, WorkerSchedule};
 
@@ -46,14 +46,15 @@ impl Shard {
     }
 }
 
-/// Runs shard `worker` of `workers` until the plan ends or `stop_rx` fires.
+/// Runs shard `worker` of `workers` until the plan ends or `control_rx` says stop. While
+/// paused, no planned event fires; on resume the rest of the plan shifts by the pause.
 pub(crate) async fn run(
     plan: Arc<EnginePlan>,
     worker: usize,
     workers: usize,
     start: Instant,
     snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
-    mut stop_rx: watch::Receiver<bool>,
+    mut control_rx: watch::Receiver<EngineControl>,
 ) {
     let payload_len = plan.heartbeat.map_or(0, |h| h.payload_bytes as usize);
     let shard = Rc::new(Shard {
@@ -67,12 +68,15 @@ pub(crate) async fn run(
         start,
         plan: plan.clone(),
     });
-    let end = start + timeline::total(&plan.spans);
+    let total = timeline::total(&plan.spans);
     let mut schedule = WorkerSchedule::new(&plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.
     let mut slots: Vec<Option<AbortHandle>> = Vec::new();
     let mut seq = 0u64;
     let mut next_tick = start + Duration::from_secs(1);
+    // Time spent paused so far; planned instants move later by this much.
+    let mut shift = Duration::ZERO;
+    let mut paused_since: Option<Instant> = None;
     let send = |seq: u64, last: bool, open: u64, data: IntervalData| {
         // The receiver only goes away when the run is over; nothing to report to then.
         let _ = snapshot_tx.send(IntervalSnapshot {
@@ -84,29 +88,46 @@ pub(crate) async fn run(
         });
     };
     loop {
-        let next_event = schedule.peek().map(|e| start + e.at);
+        let control = *control_rx.borrow_and_update();
+        if control.stop {
+            break;
+        }
+        match (control.paused, paused_since) {
+            (true, None) => paused_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                shift += since.elapsed();
+                paused_since = None;
+            }
+            _ => {}
+        }
+        let origin = start + shift;
+        let next_event = schedule.peek().map(|e| origin + e.at);
         tokio::select! {
             biased;
-            _ = stop_rx.changed() => break,
+            changed = control_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
             () = sleep_until(next_tick) => {
                 let data = shard.data.replace(shard.fresh_data());
                 send(seq, false, shard.open.get(), data);
                 seq += 1;
                 next_tick += Duration::from_secs(1);
             }
-            () = sleep_until(next_event.unwrap_or(end)) => {
+            () = sleep_until(next_event.unwrap_or(origin + total)), if paused_since.is_none() => {
                 if next_event.is_none() {
                     break;
                 }
                 let now = Instant::now();
-                while let Some(event) = schedule.next_if(|e| start + e.at <= now) {
+                while let Some(event) = schedule.next_if(|e| origin + e.at <= now) {
                     let index = (event.slot / workers as u64) as usize;
                     match event.action {
                         SlotAction::Open => {
                             let task = tokio::task::spawn_local(super::conn::run(
                                 shard.clone(),
                                 event.slot,
-                                start + event.at,
+                                origin + event.at,
                             ));
                             if slots.len() <= index {
                                 slots.resize(index + 1, None);

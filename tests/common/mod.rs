@@ -67,7 +67,7 @@ impl Drop for SinkHandle {
 /// Runs a profile (JSON text) in this process, silently, and returns its result.
 pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path>) -> RunResult {
     let profile = Profile::from_value(profile.clone()).expect("valid test profile");
-    let (_abort_tx, abort_rx) = tokio::sync::watch::channel(None);
+    let (_control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     run::execute(RunOptions {
         profile,
         out_dir: out.map(Path::to_path_buf),
@@ -75,7 +75,8 @@ pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path
         workers: Some(2),
         allow_overcommit,
         progress: Progress::Silent,
-        abort_rx,
+        control_rx,
+        live_tx: None,
     })
     .await
     .expect("run starts")

@@ -1,0 +1,114 @@
+//! Live snapshots and controls: a view sees the run each second, can pause opening new
+//! connections, resume, and stop gracefully.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::SinkHandle;
+use serde_json::json;
+use stampede::live::{Control, LiveRx, LiveSnapshot, RunState};
+use stampede::profile::Profile;
+use stampede::run::{self, Progress, RunOptions};
+
+/// The next live snapshot, within a bound.
+async fn next(rx: &mut LiveRx) -> Arc<LiveSnapshot> {
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a snapshot a second")
+        .expect("run alive");
+    rx.borrow_and_update().clone().expect("snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_ramp_and_resume_finishes_it() {
+    let sink = SinkHandle::start().await;
+    let profile = Profile::from_value(json!({
+        "name": "pausable",
+        "target": {"addrs": [sink.addr.to_string()]},
+        "connections": 300,
+        "phases": [{"ramp": {"rate": 100}}, {"hold": {"for": "1s"}}]
+    }))
+    .unwrap();
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (live_tx, mut live_rx) = tokio::sync::watch::channel(None);
+    let run = tokio::spawn(run::execute(RunOptions {
+        profile,
+        out_dir: None,
+        junit: None,
+        workers: Some(2),
+        allow_overcommit: false,
+        progress: Progress::Silent,
+        control_rx,
+        live_tx: Some(live_tx),
+    }));
+    let first = next(&mut live_rx).await;
+    assert_eq!(first.state, RunState::Running);
+    assert!(first.open > 0 && first.open < 300, "{}", first.open);
+    control_tx.send(Control::Pause).unwrap();
+    let paused_a = next(&mut live_rx).await;
+    let paused_b = next(&mut live_rx).await;
+    assert_eq!(paused_b.state, RunState::Paused);
+    assert_eq!(
+        paused_a.open, paused_b.open,
+        "no new connections while paused"
+    );
+    assert_eq!(paused_b.interval.attempts, 0);
+    control_tx.send(Control::Resume).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(15), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.summary.connections.established, 300);
+    assert!(
+        result.summary.duration_s > 5.0,
+        "{}",
+        result.summary.duration_s
+    );
+    let last = live_rx.borrow().clone().unwrap();
+    assert_eq!(last.state, RunState::Finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_from_a_view_aborts_gracefully() {
+    let sink = SinkHandle::start().await;
+    let profile = Profile::from_value(json!({
+        "name": "stoppable",
+        "target": {"addrs": [sink.addr.to_string()]},
+        "connections": 100,
+        "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "60s"}}]
+    }))
+    .unwrap();
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (live_tx, mut live_rx) = tokio::sync::watch::channel(None);
+    let run = tokio::spawn(run::execute(RunOptions {
+        profile,
+        out_dir: None,
+        junit: None,
+        workers: Some(1),
+        allow_overcommit: false,
+        progress: Progress::Silent,
+        control_rx,
+        live_tx: Some(live_tx),
+    }));
+    tokio::time::timeout(Duration::from_secs(5), live_rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    control_tx
+        .send(Control::Stop("stopped from the dashboard".into()))
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.exit_code, 3);
+    assert_eq!(
+        result.summary.abort_reason.as_deref(),
+        Some("stopped from the dashboard")
+    );
+    assert_eq!(result.summary.connections.established, 100);
+}
