@@ -4,14 +4,18 @@
 //! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `conn`: one connection's state machine (connect, heartbeats, failure kinds).
 //! - `shard`: a worker thread with its own runtime, its slots and its histograms.
+//! - `session`: `stampede agent`, the link to a coordinator (handshake, plan, reports, lease).
+//! - `synthetic`: reporters without sockets, for benchmarking the coordinator.
 //!
 //! The engine gets the plan and its share, never a pre-expanded list of work. It does not
 //! print, decide outcomes or write files: it sends interval snapshots.
 
 pub mod conn;
 pub mod pool;
+pub mod session;
 pub(crate) mod shard;
 pub mod socket;
+pub mod synthetic;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -1,7 +1,7 @@
 //! The command line: argument definitions (clap) and the glue from a parsed command to the
 //! library. Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,10 +9,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::session::{self, AgentOptions, Cidr};
+use crate::collect::{Outputs, RunResult};
+use crate::coordinator::local::{AgentCount, LocalSwarmOptions};
+use crate::coordinator::{self, CoordinatorOptions};
 use crate::live::{Control, ControlTx};
 use crate::profile::Profile;
 use crate::report::plan as plan_text;
-use crate::run::{self, Progress, RunOptions};
+use crate::run::{self, RunError, RunOptions};
+use crate::views::{ViewOptions, Views};
 use crate::{doctor, sink};
 
 const ABOUT: &str = "Load-test harness for massive numbers of always-on connections.\n\n\
@@ -59,6 +64,23 @@ connections than one process's file limit allows. The first line printed is
     /// Work with profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// Drive a swarm of agents through a profile and merge what they measure.
+    #[command(after_help = "Examples:
+  stampede coordinator profiles/smoke.json --listen 127.0.0.1:7700 --agents 3
+  stampede coordinator gateway.json --listen 0.0.0.0:7700 --agents 40 --token-file /etc/stampede/token --out results/
+
+Without --token-file only loopback agents are admitted and only a loopback --listen is allowed.
+Exit codes as for `run`: 0 pass, 1 a threshold failed, 2 usage or plan error, 3 aborted.")]
+    Coordinator(CoordinatorArgs),
+    /// Join a coordinator and play a share of its profile.
+    #[command(after_help = "Examples:
+  stampede agent --coordinator 127.0.0.1:7700
+  stampede agent --coordinator coord.internal:7700 --token-file /etc/stampede/token \\
+      --name edge-a1 --sources 10.1.0.10-10.1.0.40 --allow-targets 10.2.0.0/16
+
+The agent retries until the coordinator is up (--retry-for). If it hears nothing from the
+coordinator for the lease (5 s by default), it closes every connection and exits with code 3.")]
+    Agent(AgentArgs),
     /// Check this host's limits, and with a profile, whether its plan fits here.
     #[command(after_help = "Examples:
   stampede doctor
@@ -79,12 +101,19 @@ pub struct RunArgs {
     /// Write the thresholds as JUnit test cases to this file.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Plain progress lines instead of the live dashboard.
+    /// Plain progress lines instead of the live dashboard (the dashboard is shown only when
+    /// stdout is a terminal).
     #[arg(long)]
     pub headless: bool,
-    /// No progress lines; only the summary.
+    /// No progress lines and no dashboard; only the summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Dashboard frames per second.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=60))]
+    pub fps: u16,
+    /// Serve live Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
@@ -92,6 +121,99 @@ pub struct RunArgs {
     /// addr_not_available (shows the port wall).
     #[arg(long)]
     pub allow_overcommit: bool,
+    /// Split the run over N agent processes on this host (a local swarm), or `auto` for as
+    /// many as the file limit needs.
+    #[arg(long, value_name = "N|auto")]
+    pub agents: Option<AgentCount>,
+}
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Profile file (JSON).
+    pub profile: PathBuf,
+    /// Address to listen on for agents.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Agents to wait for.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub agents: u16,
+    /// File with the shared secret (at least 16 bytes); required off loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Override a profile field: PATH=VALUE.
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Write summary.json and latency.hlog into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write the thresholds as JUnit test cases to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// How long to wait for every agent to join.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    pub join_timeout: Duration,
+    /// Agents stop after this long without a word from the coordinator; agents silent this
+    /// long are marked lost.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
+    pub lease: Duration,
+    /// Plain progress lines instead of the live dashboard.
+    #[arg(long)]
+    pub headless: bool,
+    /// No progress lines; only the summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Dashboard frames per second.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=60))]
+    pub fps: u16,
+    /// Serve live Prometheus metrics at http://ADDR/metrics while the run lasts.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: String,
+    /// File with the shared secret; required unless the coordinator is on loopback.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Name in the coordinator's reports (default: the host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Source addresses for this agent, replacing the profile's (addresses, CIDRs, ranges).
+    #[arg(long, value_name = "SPEC", value_delimiter = ',')]
+    pub sources: Vec<String>,
+    /// Targets this agent may load; a plan outside them is refused. Default: loopback only.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',')]
+    pub allow_targets: Vec<String>,
+    /// Keep dialling a coordinator that is not up yet for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
+    pub retry_for: Duration,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Write this agent's own summary.json and latency.hlog (its share only).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Only errors on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Benchmark mode: join as N synthetic agents that send realistic reports and open no
+    /// load sockets (see BENCHMARKS.md).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub synthetic: Option<u16>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    crate::profile::duration::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a duration; expected {}",
+                crate::profile::duration::DURATION_HINT
+            )
+        })
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +254,16 @@ fn eprint_line(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
+fn load_with_json(
+    file: &std::path::Path,
+    set: &[String],
+) -> Result<(Profile, serde_json::Value), i32> {
+    Profile::load_with_json(file, set).map_err(|e| {
+        eprint_line(&format!("stampede: profile error: {e}"));
+        2
+    })
+}
+
 fn load(file: &std::path::Path, set: &[String]) -> Result<Profile, i32> {
     Profile::load(file, set).map_err(|e| {
         eprint_line(&format!("stampede: profile error: {e}"));
@@ -143,6 +275,8 @@ fn load(file: &std::path::Path, set: &[String]) -> Result<Profile, i32> {
 pub async fn main(cli: Cli) -> i32 {
     match cli.command {
         Command::Run(args) => run_command(args).await,
+        Command::Coordinator(args) => coordinator_command(args).await,
+        Command::Agent(args) => agent_command(args).await,
         Command::Sink(args) => sink_command(args).await,
         Command::Profile(ProfileCommand::Check { file, set }) => match load(&file, &set) {
             Ok(profile) => {
@@ -184,6 +318,7 @@ fn watch_signals(control_tx: ControlTx) {
             };
             signals += 1;
             if signals > 1 {
+                crate::tui::restore();
                 eprint_line("stampede: second signal, exiting without a summary");
                 std::process::exit(3);
             }
@@ -196,31 +331,210 @@ fn watch_signals(control_tx: ControlTx) {
 }
 
 async fn run_command(args: RunArgs) -> i32 {
-    let profile = match load(&args.profile, &args.set) {
-        Ok(p) => p,
+    let (profile, profile_json) = match load_with_json(&args.profile, &args.set) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    watch_signals(control_tx);
+    watch_signals(control_tx.clone());
+    let view_options = ViewOptions {
+        dashboard: !args.headless && !args.quiet && std::io::stdout().is_terminal(),
+        fps: args.fps,
+        metrics_listen: args.metrics_listen,
+        profile: profile.name.clone(),
+    };
+    let mut views = match Views::start(view_options, control_tx).await {
+        Ok(views) => views,
+        Err(e) => {
+            eprint_line(&format!("stampede: {e}"));
+            return 2;
+        }
+    };
+    let dashboard = views.has_dashboard();
     let options = RunOptions {
         profile,
         out_dir: args.out,
         junit: args.junit,
         workers: args.workers.map(usize::from),
         allow_overcommit: args.allow_overcommit,
-        progress: if args.quiet {
-            Progress::SummaryOnly
-        } else {
-            Progress::Lines
-        },
+        progress: views.progress(args.quiet),
         control_rx,
-        live_tx: None,
+        live_tx: views.live_tx(),
     };
-    match run::execute(options).await {
+    let run = async move {
+        match args.agents {
+            None => run::execute(options).await,
+            Some(agents) => {
+                coordinator::local::run(LocalSwarmOptions {
+                    profile: options.profile,
+                    profile_json,
+                    agents,
+                    workers: options.workers,
+                    outputs: Outputs {
+                        out_dir: options.out_dir,
+                        junit: options.junit,
+                    },
+                    progress: options.progress,
+                    control_rx: options.control_rx,
+                    live_tx: options.live_tx,
+                })
+                .await
+            }
+        }
+    };
+    let Some(result) = views.drive(run).await else {
+        eprint_line("stampede: left the dashboard while stopping; no summary written");
+        return 3;
+    };
+    if dashboard {
+        print_summary(&result);
+    }
+    finish(result)
+}
+
+/// The dashboard kept the run silent: once it has left the screen, the summary goes to stdout
+/// as in headless mode.
+fn print_summary(result: &Result<RunResult, RunError>) {
+    if let Ok(result) = result {
+        let mut stdout = std::io::stdout();
+        let _ = write!(stdout, "{}", crate::report::text::render(&result.summary));
+        let _ = stdout.flush();
+    }
+}
+
+fn finish(result: Result<RunResult, RunError>) -> i32 {
+    match result {
         Ok(result) => result.exit_code,
         Err(e) => {
             eprint_line(&format!("stampede: {e}"));
             e.exit_code()
+        }
+    }
+}
+
+fn token(file: &Option<PathBuf>) -> Result<Option<Vec<u8>>, i32> {
+    match file {
+        None => Ok(None),
+        Some(path) => crate::wire::read_token(path).map(Some).map_err(|e| {
+            eprint_line(&format!("stampede: {e}"));
+            2
+        }),
+    }
+}
+
+async fn coordinator_command(args: CoordinatorArgs) -> i32 {
+    let (profile, profile_json) = match load_with_json(&args.profile, &args.set) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let token = match token(&args.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprint_line(&format!(
+                "stampede coordinator: --listen {}: cannot listen: {e}",
+                args.listen
+            ));
+            return 2;
+        }
+    };
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    watch_signals(control_tx.clone());
+    let view_options = ViewOptions {
+        dashboard: !args.headless && !args.quiet && std::io::stdout().is_terminal(),
+        fps: args.fps,
+        metrics_listen: args.metrics_listen,
+        profile: profile.name.clone(),
+    };
+    let mut views = match Views::start(view_options, control_tx).await {
+        Ok(views) => views,
+        Err(e) => {
+            eprint_line(&format!("stampede coordinator: {e}"));
+            return 2;
+        }
+    };
+    let dashboard = views.has_dashboard();
+    let run = coordinator::run(CoordinatorOptions {
+        profile,
+        profile_json,
+        listener,
+        agents: usize::from(args.agents),
+        token,
+        join_timeout: args.join_timeout,
+        lease: args.lease,
+        targets: None,
+        outputs: Outputs {
+            out_dir: args.out,
+            junit: args.junit,
+        },
+        progress: views.progress(args.quiet),
+        control_rx,
+        live_tx: views.live_tx(),
+    });
+    let Some(result) = views.drive(run).await else {
+        eprint_line("stampede: left the dashboard while stopping; no summary written");
+        return 3;
+    };
+    if dashboard {
+        print_summary(&result);
+    }
+    finish(result)
+}
+
+async fn agent_command(args: AgentArgs) -> i32 {
+    let token = match token(&args.token_file) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let mut allow_targets = Vec::new();
+    for text in &args.allow_targets {
+        match Cidr::parse(text) {
+            Ok(c) => allow_targets.push(c),
+            Err(e) => {
+                eprint_line(&format!("stampede agent: --allow-targets {e}"));
+                return 2;
+            }
+        }
+    }
+    if allow_targets.is_empty() {
+        allow_targets = session::loopback_only();
+    }
+    for spec in &args.sources {
+        if let Err(e) = crate::profile::sources::expand(spec) {
+            eprint_line(&format!("stampede agent: --sources {spec:?}: {e}"));
+            return 2;
+        }
+    }
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let options = AgentOptions {
+        coordinator: args.coordinator,
+        token,
+        name: name.clone(),
+        sources: args.sources,
+        allow_targets,
+        retry_for: args.retry_for,
+        workers: args.workers.map(usize::from),
+        outputs: Outputs {
+            out_dir: args.out,
+            junit: None,
+        },
+        quiet: args.quiet,
+    };
+    let result = match args.synthetic {
+        Some(count) => crate::agent::synthetic::run(options, usize::from(count)).await,
+        None => session::run(options).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprint_line(&format!("stampede agent {name}: {}", e.message));
+            e.code
         }
     }
 }

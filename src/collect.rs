@@ -18,7 +18,7 @@ use crate::profile::Profile;
 use crate::profile::duration::human_micros;
 use crate::profile::timeline::{self, PhaseSpan};
 use crate::report::hlog::HlogWriter;
-use crate::report::summary::{RunFacts, Summary};
+use crate::report::summary::{AgentRecord, RunFacts, Summary};
 use crate::report::{junit, text};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct Collector {
     stopping: bool,
     agents_expected: usize,
     agent_rows: Vec<AgentRow>,
+    agent_records: Vec<AgentRecord>,
+    start_spread_ms: Option<f64>,
 }
 
 impl Collector {
@@ -102,6 +104,8 @@ impl Collector {
             stopping: false,
             agents_expected: 0,
             agent_rows: Vec::new(),
+            agent_records: Vec::new(),
+            start_spread_ms: None,
         }
     }
 
@@ -109,6 +113,12 @@ impl Collector {
     pub fn set_agents(&mut self, expected: usize, rows: Vec<AgentRow>) {
         self.agents_expected = expected;
         self.agent_rows = rows;
+    }
+
+    /// For swarm runs: the per-agent records and start spread that go into the summary.
+    pub fn set_agent_records(&mut self, records: Vec<AgentRecord>, start_spread_ms: Option<f64>) {
+        self.agent_records = records;
+        self.start_spread_ms = start_spread_ms;
     }
 
     pub fn set_paused(&mut self, paused: bool) {
@@ -135,22 +145,24 @@ impl Collector {
             .saturating_sub(self.shift + paused_now)
     }
 
-    pub fn push(&mut self, snapshot: IntervalSnapshot) {
+    /// Takes one snapshot; returns the intervals it completed (already logged and shown).
+    pub fn push(&mut self, snapshot: IntervalSnapshot) -> Vec<CompletedInterval> {
         let done = self.aggregate.push(snapshot);
-        self.emit(done, Instant::now());
+        self.emit(&done, Instant::now());
+        done
     }
 
     /// A reporter that will send nothing more (lost, or refused the plan).
     pub fn reporter_gone(&mut self, reporter: usize) {
         let done = self.aggregate.reporter_gone(reporter);
-        self.emit(done, Instant::now());
+        self.emit(&done, Instant::now());
     }
 
-    fn emit(&mut self, done: Vec<CompletedInterval>, now: Instant) {
+    fn emit(&mut self, done: &[CompletedInterval], now: Instant) {
         let Some(last) = done.last().map(|i| i.seq) else {
             return;
         };
-        for interval in &done {
+        for interval in done {
             let begin = Duration::from_secs(interval.seq);
             let elapsed = now.saturating_duration_since(self.start);
             let length = elapsed.saturating_sub(begin).min(Duration::from_secs(1));
@@ -173,9 +185,9 @@ impl Collector {
             }
         }
         if let Some(live_tx) = &self.live_tx
-            && let Some(interval) = done.into_iter().find(|i| i.seq == last)
+            && let Some(interval) = done.iter().find(|i| i.seq == last)
         {
-            let snapshot = self.live_snapshot(interval, now, RunState::Running);
+            let snapshot = self.live_snapshot(interval.clone(), now, RunState::Running);
             live_tx.send_replace(Some(Arc::new(snapshot)));
         }
     }
@@ -196,6 +208,8 @@ impl Collector {
                 elapsed_s: elapsed.as_secs_f64(),
                 workers: self.reporters,
                 abort_reason,
+                agents: self.agent_records.clone(),
+                start_spread_ms: self.start_spread_ms,
             },
             &self.aggregate,
         )
@@ -236,7 +250,7 @@ impl Collector {
     pub fn finish(mut self, abort_reason: Option<String>, outputs: &Outputs) -> RunResult {
         let ended = Instant::now();
         let done = self.aggregate.finish();
-        self.emit(done, ended);
+        self.emit(&done, ended);
         let elapsed = ended.saturating_duration_since(self.start);
         let summary = self.summary(elapsed, abort_reason);
         if let Some(live_tx) = &self.live_tx {

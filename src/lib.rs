@@ -8,7 +8,12 @@
 //!   sockets, the per-connection state machine and per-thread workers.
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
+//! - `collect`: merges interval snapshots from workers or agents into every output.
+//! - `wire` and `coordinator`: the swarm protocol and the process that drives agents.
 //! - `live`: per-second snapshots for live views, and the controls they send back.
+//! - `tui`: the live terminal dashboard (ratatui), a consumer of live snapshots.
+//! - `prometheus`: live snapshots as Prometheus metrics (`--metrics-listen`).
+//! - `views`: starts the dashboard and the metrics endpoint around a run, and drives it.
 //! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
 //! - `sink`: the built-in echo-and-hold target.
 //! - `host` and `doctor`: this host's limits and whether a plan fits.
@@ -16,11 +21,16 @@
 pub mod agent;
 pub mod cli;
 pub mod collect;
+pub mod coordinator;
 pub mod doctor;
 pub mod host;
 pub mod live;
 pub mod metrics;
 pub mod profile;
+pub mod prometheus;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod tui;
+pub mod views;
+pub mod wire;

@@ -1,5 +1,11 @@
 use clap::Parser;
 
+// jemalloc: its size classes are naturally aligned, so the 128-byte-aligned allocations tokio
+// makes per connection (task cell, socket registration) carry no alignment slack, which
+// glibc adds to each one (measured in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = stampede::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -85,7 +85,7 @@ impl ErrorKind {
 
 /// Counters for one interval (or, summed, a whole run), for one scope: a worker, a source IP or
 /// a target.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub attempts: u64,
     pub established: u64,

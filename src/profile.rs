@@ -123,6 +123,16 @@ impl Phase {
     }
 }
 
+/// What a swarm does when an agent is lost mid-run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentLoss {
+    /// Keep its data up to its last report and finish with the others.
+    #[default]
+    Continue,
+    /// Stop the whole run (outcome `aborted`).
+    Abort,
+}
+
 /// A validated profile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Profile {
@@ -136,6 +146,7 @@ pub struct Profile {
     pub connect_timeout: Duration,
     pub phases: Vec<Phase>,
     pub thresholds: Vec<Threshold>,
+    pub on_agent_loss: AgentLoss,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +168,8 @@ struct RawProfile {
     phases: Vec<RawPhase>,
     #[serde(default)]
     thresholds: Vec<String>,
+    #[serde(default)]
+    on_agent_loss: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -202,28 +215,25 @@ struct RawHold {
 impl Profile {
     /// Reads a profile file and applies `--set` overrides before validating.
     pub fn load(file: &Path, overrides: &[String]) -> Result<Profile, ProfileError> {
+        Profile::load_with_json(file, overrides).map(|(profile, _)| profile)
+    }
+
+    /// Like `load`, also returning the JSON after overrides (what a swarm sends its agents).
+    pub fn load_with_json(
+        file: &Path,
+        overrides: &[String],
+    ) -> Result<(Profile, Value), ProfileError> {
         let text = std::fs::read_to_string(file).map_err(|e| {
             ProfileError::at("", format!("cannot read the profile: {e}")).in_file(file)
         })?;
-        Profile::from_json(&text, overrides).map_err(|e| e.in_file(file))
+        let value = json_with_overrides(&text, overrides).map_err(|e| e.in_file(file))?;
+        let profile = Profile::from_value(value.clone()).map_err(|e| e.in_file(file))?;
+        Ok((profile, value))
     }
 
     /// Parses profile JSON text, applying `--set PATH=VALUE` overrides first.
     pub fn from_json(text: &str, overrides: &[String]) -> Result<Profile, ProfileError> {
-        let mut value: Value = serde_json::from_str(text).map_err(|e| {
-            ProfileError::at(
-                "",
-                format!(
-                    "not valid JSON at line {} column {}: {e}",
-                    e.line(),
-                    e.column()
-                ),
-            )
-        })?;
-        for item in overrides {
-            overrides::apply(&mut value, item)?;
-        }
-        Profile::from_value(value)
+        Profile::from_value(json_with_overrides(text, overrides)?)
     }
 
     pub fn from_value(value: Value) -> Result<Profile, ProfileError> {
@@ -233,6 +243,27 @@ impl Profile {
             ProfileError::at(path, e.into_inner().to_string())
         })?;
         validate(raw)
+    }
+
+    /// This profile's share for agent `index` of a swarm whose capacities are `weights`:
+    /// connections and every ramp target are apportioned by largest remainder (so the shares
+    /// add up exactly), and rates scale by the agent's weight.
+    pub fn share(&self, weights: &[u64], index: usize) -> Profile {
+        let total: u64 = weights.iter().sum();
+        let fraction = if total == 0 {
+            0.0
+        } else {
+            weights.get(index).copied().unwrap_or(0) as f64 / total as f64
+        };
+        let mut out = self.clone();
+        out.connections = apportion(self.connections, weights)[index];
+        for phase in &mut out.phases {
+            if let Phase::Ramp { to, rate } = phase {
+                *to = apportion(*to, weights)[index].min(out.connections);
+                *rate *= fraction;
+            }
+        }
+        out
     }
 
     /// Peak number of connections any phase asks to hold open at once.
@@ -246,6 +277,51 @@ impl Profile {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// Splits `total` in proportion to `weights` by largest remainder: the parts add up to `total`
+/// exactly and differ from the exact proportion by less than one. Ties go to the lower index.
+pub fn apportion(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<(u64, u128)> = weights
+        .iter()
+        .map(|w| {
+            let scaled = u128::from(total) * u128::from(*w);
+            ((scaled / sum) as u64, scaled % sum)
+        })
+        .collect();
+    let mut parts: Vec<u64> = exact.iter().map(|(q, _)| *q).collect();
+    let mut left = total - parts.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1).then(a.cmp(b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        parts[i] += 1;
+        left -= 1;
+    }
+    parts
+}
+
+fn json_with_overrides(text: &str, overrides: &[String]) -> Result<Value, ProfileError> {
+    let mut value: Value = serde_json::from_str(text).map_err(|e| {
+        ProfileError::at(
+            "",
+            format!(
+                "not valid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    for item in overrides {
+        overrides::apply(&mut value, item)?;
+    }
+    Ok(value)
 }
 
 fn duration_at(path: &str, text: &str) -> Result<Duration, ProfileError> {
@@ -347,6 +423,16 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
             })?,
         );
     }
+    let on_agent_loss = match raw.on_agent_loss.as_deref() {
+        None | Some("continue") => AgentLoss::Continue,
+        Some("abort") => AgentLoss::Abort,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "on_agent_loss",
+                format!("{other:?} is not valid; expected \"continue\" or \"abort\""),
+            ));
+        }
+    };
     Ok(Profile {
         name: raw.name,
         description: raw.description,
@@ -358,6 +444,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         connect_timeout,
         phases,
         thresholds,
+        on_agent_loss,
     })
 }
 
@@ -520,6 +607,27 @@ mod tests {
         let err = Profile::from_json(SMOKE, &["phases.1.hold.forr=2s".into()]).unwrap_err();
         assert_eq!(err.path, "phases[1].hold.forr");
         assert!(err.message.contains("unknown field `forr`"), "{err}");
+    }
+
+    #[test]
+    fn shares_add_up_exactly() {
+        assert_eq!(apportion(10, &[1, 1, 1]), vec![4, 3, 3]);
+        assert_eq!(
+            apportion(1_000_000, &[19_936, 19_936, 9_968]),
+            vec![400_000, 400_000, 200_000]
+        );
+        assert_eq!(apportion(7, &[0, 5]), vec![0, 7]);
+        let p = Profile::from_json(SMOKE, &["connections=1001".into()]).unwrap();
+        let shares: Vec<Profile> = (0..3).map(|i| p.share(&[2, 2, 1], i)).collect();
+        assert_eq!(shares.iter().map(|s| s.connections).sum::<u64>(), 1001);
+        let rates: f64 = shares
+            .iter()
+            .map(|s| match s.phases[0] {
+                Phase::Ramp { rate, .. } => rate,
+                Phase::Hold { .. } => 0.0,
+            })
+            .sum();
+        assert!((rates - 100.0).abs() < 1e-9);
     }
 
     #[test]

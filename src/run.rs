@@ -58,15 +58,28 @@ pub struct RunOptions {
 }
 
 /// Connections, file descriptors and pool checked against this host before anything opens.
-struct Preflight {
-    pool: SourcePool,
-    workers: usize,
+pub struct Preflight {
+    pub pool: SourcePool,
+    pub workers: usize,
 }
 
-fn preflight(options: &RunOptions) -> Result<Preflight, RunError> {
-    let profile = &options.profile;
+/// What to check a plan against: where it connects, and how it will be run.
+pub struct PreflightInput<'a> {
+    pub profile: &'a Profile,
+    /// Targets to use; `None` takes the profile's (a placeholder for the embedded sink).
+    pub targets: Option<Vec<SocketAddr>>,
+    /// Whether the embedded sink runs in this process (its sockets count too).
+    pub embedded_here: bool,
+    pub workers: Option<usize>,
+    pub allow_overcommit: bool,
+}
+
+/// Refuses, before anything opens, a plan this process cannot hold: file descriptors, source
+/// ports, unbindable source addresses, a kernel without `IP_LOCAL_PORT_RANGE`.
+pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
+    let profile = input.profile;
     let peak = profile.peak_connections();
-    let embedded = profile.target == TargetSpec::Embedded;
+    let embedded = input.embedded_here;
     let limit = host::raise_fd_limit()
         .map_err(|e| RunError::Fatal(format!("cannot read RLIMIT_NOFILE: {e}")))?;
     let sockets_per_connection = if embedded { 2 } else { 1 };
@@ -95,14 +108,15 @@ fn preflight(options: &RunOptions) -> Result<Preflight, RunError> {
             }
         )));
     }
-    let targets: Vec<SocketAddr> = match &profile.target {
+    let targets: Vec<SocketAddr> = match (input.targets, &profile.target) {
+        (Some(targets), _) => targets,
         // The embedded sink's port is known once it binds; capacity only needs the count.
-        TargetSpec::Embedded => vec![SocketAddr::from(([127, 0, 0, 1], 1))],
-        TargetSpec::Addrs(addrs) => addrs.clone(),
+        (None, TargetSpec::Embedded) => vec![SocketAddr::from(([127, 0, 0, 1], 1))],
+        (None, TargetSpec::Addrs(addrs)) => addrs.clone(),
     };
     let pool = SourcePool::new(&profile.sources, &targets, host::ephemeral_port_range())
         .map_err(|e| RunError::Plan(e.to_string()))?;
-    if !options.allow_overcommit {
+    if !input.allow_overcommit {
         pool.check(peak)
             .map_err(|e| RunError::Plan(e.to_string()))?;
     }
@@ -120,7 +134,7 @@ fn preflight(options: &RunOptions) -> Result<Preflight, RunError> {
         crate::agent::socket::probe_port_range_support(range).map_err(RunError::Plan)?;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = options
+    let workers = input
         .workers
         .unwrap_or(cores)
         .clamp(1, peak.clamp(1, 1024) as usize);
@@ -129,7 +143,13 @@ fn preflight(options: &RunOptions) -> Result<Preflight, RunError> {
 
 /// Plays `options.profile` in this process.
 pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
-    let preflight = preflight(&options)?;
+    let preflight = preflight(PreflightInput {
+        profile: &options.profile,
+        targets: None,
+        embedded_here: options.profile.target == TargetSpec::Embedded,
+        workers: options.workers,
+        allow_overcommit: options.allow_overcommit,
+    })?;
     let profile = &options.profile;
     let spans = timeline::spans(profile);
     if let Some(dir) = &options.out_dir {
@@ -145,7 +165,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let (sink_stop_tx, sink_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sink_task = None;
     if profile.target == TargetSpec::Embedded {
-        let listener = sink::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let listener = sink::bind_embedded()
             .map_err(|e| RunError::Fatal(format!("cannot start the embedded sink: {e}")))?;
         let addr = listener
             .local_addr()

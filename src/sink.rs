@@ -63,6 +63,37 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Binds the embedded sink on loopback, on a port *below* the ephemeral range: a listener's
+/// port is skipped by every `connect()` autobind on the host, so a sink inside the range would
+/// take one port from the very pool the run draws on. No `SO_REUSEPORT`: nothing shares it.
+pub fn bind_embedded() -> io::Result<TcpListener> {
+    let first_ephemeral = crate::host::ephemeral_port_range().first;
+    if first_ephemeral > 2048 {
+        let span = u32::from(first_ephemeral - 1024);
+        for _ in 0..64 {
+            let mut bytes = [0u8; 4];
+            if getrandom::fill(&mut bytes).is_err() {
+                break;
+            }
+            let port = 1024 + (u32::from_le_bytes(bytes) % span) as u16;
+            let socket = Socket::new(
+                Domain::IPV4,
+                Type::STREAM.nonblocking().cloexec(),
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            if socket
+                .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .is_ok()
+            {
+                socket.listen(BACKLOG)?;
+                return TcpListener::from_std(socket.into());
+            }
+        }
+    }
+    bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
 /// Serves `listeners` until `shutdown` completes, then drops every connection.
 pub async fn run(
     listeners: Vec<TcpListener>,

@@ -23,11 +23,17 @@ async fn refused_target_counts_refused_and_fails_thresholds() {
         "target": {"addrs": [format!("127.0.0.1:{port}")]},
         "connections": 50,
         "sources": {"addrs": ["127.0.32.1"]},
-        "phases": [{"ramp": {"rate": 1000}}],
+        "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "300ms"}}],
         "thresholds": ["errors <= 0"]
     });
     let result = run_json(&profile, false, None).await;
-    assert_eq!(result.summary.errors.0[ErrorKind::Refused as usize], 50);
+    assert_eq!(
+        result.summary.errors.0[ErrorKind::Refused as usize],
+        50,
+        "{:?} {:?}",
+        result.summary.errors,
+        result.summary.connections
+    );
     assert_eq!(result.summary.connections.established, 0);
     assert_eq!(result.exit_code, 1);
     assert!(!result.summary.thresholds[0].pass);

@@ -35,6 +35,21 @@ pub(crate) struct Shard {
 }
 
 impl Shard {
+    pub fn new(plan: Arc<EnginePlan>, start: Instant) -> Shard {
+        let payload_len = plan.heartbeat.map_or(0, |h| h.payload_bytes as usize);
+        Shard {
+            data: RefCell::new(IntervalData::new(
+                plan.pool.sources.len(),
+                plan.pool.targets.len(),
+            )),
+            open: Cell::new(0),
+            tearing_down: Cell::new(false),
+            payload: vec![b'h'; payload_len].into_boxed_slice(),
+            start,
+            plan,
+        }
+    }
+
     pub fn fail(&self, source: usize, target: usize, kind: ErrorKind) {
         self.data
             .borrow_mut()
@@ -56,18 +71,7 @@ pub(crate) async fn run(
     snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
     mut control_rx: watch::Receiver<EngineControl>,
 ) {
-    let payload_len = plan.heartbeat.map_or(0, |h| h.payload_bytes as usize);
-    let shard = Rc::new(Shard {
-        data: RefCell::new(IntervalData::new(
-            plan.pool.sources.len(),
-            plan.pool.targets.len(),
-        )),
-        open: Cell::new(0),
-        tearing_down: Cell::new(false),
-        payload: vec![b'h'; payload_len].into_boxed_slice(),
-        start,
-        plan: plan.clone(),
-    });
+    let shard = Rc::new(Shard::new(plan.clone(), start));
     let total = timeline::total(&plan.spans);
     let mut schedule = WorkerSchedule::new(&plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.

@@ -48,12 +48,39 @@ fn set_local_port_range(socket: &Socket, range: PortRange) -> io::Result<()> {
     set_int_option(socket, libc::IPPROTO_IP, IP_LOCAL_PORT_RANGE, value)
 }
 
+/// Starts a non-blocking connect from `source` (if any) to `target` and hands the socket to
+/// tokio. The connection may still be in progress: wait for writability, then check
+/// `take_error`. Errors the kernel knows at once (no port left, no such address) come back here.
+pub fn start_connect(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    port_range: Option<PortRange>,
+) -> io::Result<tokio::net::TcpStream> {
+    let socket = bound_socket(source, target, port_range)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    tokio::net::TcpStream::from_std(socket.into())
+}
+
 /// A non-blocking client socket bound to `source` (if any), ready for `connect`.
 pub fn client_socket(
     source: Option<IpAddr>,
     target: SocketAddr,
     port_range: Option<PortRange>,
 ) -> io::Result<TcpSocket> {
+    Ok(TcpSocket::from_std_stream(
+        bound_socket(source, target, port_range)?.into(),
+    ))
+}
+
+fn bound_socket(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    port_range: Option<PortRange>,
+) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(target),
         Type::STREAM.nonblocking().cloexec(),
@@ -70,7 +97,7 @@ pub fn client_socket(
         }
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }
-    Ok(TcpSocket::from_std_stream(socket.into()))
+    Ok(socket)
 }
 
 /// Checks once, before a run, that this kernel takes `IP_LOCAL_PORT_RANGE`.

@@ -73,6 +73,15 @@ pub fn spans(profile: &Profile) -> Vec<PhaseSpan> {
     spans
 }
 
+/// Connections the plan wants open `at` an offset from the run's start.
+pub fn phase_level(spans: &[PhaseSpan], at: Duration) -> u64 {
+    spans
+        .iter()
+        .find(|s| at < s.end)
+        .or_else(|| spans.last())
+        .map_or(0, |s| s.level_at(at))
+}
+
 /// Total planned length of the run.
 pub fn total(spans: &[PhaseSpan]) -> Duration {
     spans.last().map_or(Duration::ZERO, |s| s.end)

@@ -170,6 +170,23 @@ pub struct PhaseRecord {
     pub to: u64,
 }
 
+/// One agent of a swarm run, as the coordinator saw it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub host: String,
+    /// Connections it was asked to hold.
+    pub share: u64,
+    pub established: u64,
+    pub errors: u64,
+    /// Seconds from the run's start to its last report, if it sent any.
+    pub last_report_s: Option<f64>,
+    /// `finished`, `lost` (went silent or disconnected mid-run), `refused` or `stopped`.
+    pub status: String,
+    /// When it actually started, relative to the planned start (after clock correction).
+    pub start_offset_ms: Option<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub schema: &'static str,
@@ -191,6 +208,10 @@ pub struct Summary {
     pub targets: Vec<ScopeCounts>,
     pub phases: Vec<PhaseRecord>,
     pub timeline: Vec<TimelinePoint>,
+    /// Swarm runs: one record per agent; empty for a single-process run.
+    pub agents: Vec<AgentRecord>,
+    /// Swarm runs: spread between the earliest and latest actual agent start.
+    pub start_spread_ms: Option<f64>,
 }
 
 /// What the run knows besides the merged figures.
@@ -206,6 +227,8 @@ pub struct RunFacts<'a> {
     pub workers: usize,
     /// Why the run stopped early, if it did.
     pub abort_reason: Option<String>,
+    pub agents: Vec<AgentRecord>,
+    pub start_spread_ms: Option<f64>,
 }
 
 impl Summary {
@@ -277,6 +300,8 @@ impl Summary {
                 .collect(),
             phases,
             timeline: aggregate.timeline.clone(),
+            agents: facts.agents,
+            start_spread_ms: facts.start_spread_ms,
         };
         summary.thresholds = facts
             .thresholds

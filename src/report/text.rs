@@ -74,9 +74,32 @@ pub fn render(summary: &Summary) -> String {
     };
     let _ = writeln!(
         out,
-        "\nstampede: {} -- {verdict} after {:.1}s (planned {:.1}s, {} worker(s))",
-        summary.profile, summary.duration_s, summary.planned_duration_s, summary.workers
+        "\nstampede: {} -- {verdict} after {:.1}s (planned {:.1}s, {})",
+        summary.profile,
+        summary.duration_s,
+        summary.planned_duration_s,
+        if summary.agents.is_empty() {
+            format!("{} worker thread(s)", summary.workers)
+        } else {
+            format!("{} agent(s)", summary.agents.len())
+        }
     );
+    if let Some(spread) = summary.start_spread_ms {
+        let _ = writeln!(out, "agents       start spread {spread:.1}ms");
+    }
+    for agent in summary.agents.iter().filter(|a| a.status != "finished") {
+        let _ = writeln!(
+            out,
+            "agent {}    {} (share {}, established {}, last report at {})",
+            agent.name,
+            agent.status,
+            agent.share,
+            agent.established,
+            agent
+                .last_report_s
+                .map_or_else(|| "never".to_string(), |s| format!("{s:.1}s"))
+        );
+    }
     if let Some(reason) = &summary.abort_reason {
         let _ = writeln!(out, "aborted: {reason}");
     }

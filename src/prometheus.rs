@@ -1,0 +1,762 @@
+//! `--metrics-listen ADDR`: the latest `LiveSnapshot` in Prometheus text exposition format
+//! (version 0.0.4) at `GET /metrics`, so Grafana can follow a run.
+//!
+//! A deliberately tiny HTTP/1.1 server: one request per connection, bounded head size and time,
+//! `Connection: close`. It only reads the `watch` channel; a slow or hostile scraper costs one
+//! task and never touches the load.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::live::{LiveRx, LiveSnapshot, RunState};
+use crate::metrics::{ErrorKind, Latency};
+use crate::report::Outcome;
+use crate::report::summary::ScopeCounts;
+
+/// Content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Per-source and per-target series are left out above this many addresses (a /16 of sources
+/// would make every scrape megabytes long); the totals stay.
+pub const MAX_SCOPE_SERIES: usize = 1000;
+/// Quantiles of the latency summaries.
+const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+const MAX_HEAD: usize = 8 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `/metrics` until `shutdown` completes.
+pub async fn run(listener: TcpListener, live_rx: LiveRx, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let live_rx = live_rx.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, live_rx)).await;
+                    });
+                }
+                // Out of descriptors, most likely (the run holds many): back off, keep serving.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, live_rx: LiveRx) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let complete = loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if head.len() > MAX_HEAD {
+            break false;
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break false;
+        }
+        head.extend_from_slice(&buf[..n]);
+    };
+    let request_line = head
+        .split(|b| *b == b'\n')
+        .next()
+        .and_then(|line| std::str::from_utf8(line).ok())
+        .map(|line| line.trim_end_matches('\r'))
+        .unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let response = match (complete, method, target, version) {
+        (true, Some(method), Some(target), Some(v)) if v.starts_with("HTTP/1.") => {
+            let path = target.split('?').next().unwrap_or(target);
+            match (method, path) {
+                ("GET" | "HEAD", "/metrics") => {
+                    let snapshot = live_rx.borrow().clone();
+                    let body = render(snapshot.as_deref());
+                    response("200 OK", CONTENT_TYPE, body, method == "HEAD")
+                }
+                ("GET" | "HEAD", _) => response(
+                    "404 Not Found",
+                    "text/plain; charset=utf-8",
+                    "stampede serves its live metrics at /metrics\n".into(),
+                    method == "HEAD",
+                ),
+                _ => response(
+                    "405 Method Not Allowed",
+                    "text/plain; charset=utf-8",
+                    "only GET and HEAD\n".into(),
+                    false,
+                ),
+            }
+        }
+        _ => response(
+            "400 Bad Request",
+            "text/plain; charset=utf-8",
+            "bad request\n".into(),
+            false,
+        ),
+    };
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+fn response(status: &str, content_type: &str, body: String, head_only: bool) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body.as_bytes());
+    }
+    bytes
+}
+
+/// Writes families in the text format: `# HELP`, `# TYPE`, then samples.
+struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (key, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let value = value
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.out, "{key}=\"{value}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {}", number(value));
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn number(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        format!("{value}")
+    }
+}
+
+fn state_name(state: RunState) -> &'static str {
+    match state {
+        RunState::Running => "running",
+        RunState::Paused => "paused",
+        RunState::Stopping => "stopping",
+        RunState::Finished => "finished",
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Pass => "pass",
+        Outcome::Fail => "fail",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// The exposition for `snapshot` (`None`: the run has not completed its first second).
+pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
+    let mut e = Exposition { out: String::new() };
+    e.single(
+        "stampede_up",
+        "gauge",
+        "1 once the run has published figures (after its first second), 0 before.",
+        if snapshot.is_some() { 1.0 } else { 0.0 },
+    );
+    let Some(s) = snapshot else {
+        return e.out;
+    };
+    let summary = &s.summary;
+    let c = &summary.connections;
+
+    e.family(
+        "stampede_run_info",
+        "gauge",
+        "The run: profile, state and outcome so far (provisional until state is finished).",
+    );
+    e.sample(
+        "stampede_run_info",
+        &[
+            ("profile", &summary.profile),
+            ("state", state_name(s.state)),
+            ("outcome", outcome_name(summary.outcome)),
+        ],
+        1.0,
+    );
+    e.single(
+        "stampede_elapsed_seconds",
+        "gauge",
+        "Time since the run started, pauses included.",
+        s.elapsed.as_secs_f64(),
+    );
+    e.single(
+        "stampede_planned_seconds",
+        "gauge",
+        "Planned length of the run, grown by any pause.",
+        s.planned.as_secs_f64(),
+    );
+    e.single(
+        "stampede_phase",
+        "gauge",
+        "Number of the phase now playing, from 1 (0: none).",
+        s.phase.map_or(0.0, |p| (p + 1) as f64),
+    );
+    e.single(
+        "stampede_phases",
+        "gauge",
+        "Phases in the plan.",
+        s.spans.len() as f64,
+    );
+    e.single(
+        "stampede_connections_open",
+        "gauge",
+        "Connections open at the end of the last interval.",
+        s.open as f64,
+    );
+    e.single(
+        "stampede_connections_wanted",
+        "gauge",
+        "Connections the plan wants open now.",
+        s.wanted as f64,
+    );
+    e.single(
+        "stampede_connections_requested",
+        "gauge",
+        "Connections the profile asks for.",
+        c.requested as f64,
+    );
+    e.single(
+        "stampede_connections_peak_open",
+        "gauge",
+        "Most connections open at once so far.",
+        c.peak_open as f64,
+    );
+    e.single(
+        "stampede_connection_attempts_total",
+        "counter",
+        "connect() attempts.",
+        c.attempts as f64,
+    );
+    e.single(
+        "stampede_connections_established_total",
+        "counter",
+        "Connections established.",
+        c.established as f64,
+    );
+    e.single(
+        "stampede_connections_closed_total",
+        "counter",
+        "Established connections that ended before the run's own teardown.",
+        c.closed as f64,
+    );
+    e.single(
+        "stampede_heartbeats_sent_total",
+        "counter",
+        "Heartbeats sent.",
+        summary.heartbeats.sent as f64,
+    );
+    e.single(
+        "stampede_heartbeats_answered_total",
+        "counter",
+        "Heartbeats whose echo came back in time.",
+        summary.heartbeats.answered as f64,
+    );
+    e.family(
+        "stampede_errors_total",
+        "counter",
+        "Failed attempts and connections, by kind.",
+    );
+    for kind in ErrorKind::ALL {
+        e.sample(
+            "stampede_errors_total",
+            &[("kind", kind.name())],
+            summary.errors.0[kind as usize] as f64,
+        );
+    }
+
+    if !summary.thresholds.is_empty() {
+        e.family(
+            "stampede_threshold_pass",
+            "gauge",
+            "1 if the threshold holds on the figures so far, 0 if not.",
+        );
+        for t in &summary.thresholds {
+            e.sample(
+                "stampede_threshold_pass",
+                &[("threshold", &t.name)],
+                if t.pass { 1.0 } else { 0.0 },
+            );
+        }
+        e.family(
+            "stampede_threshold_observed",
+            "gauge",
+            "The figure a threshold reads, in its unit (us, ratio or count); absent without samples.",
+        );
+        for t in &summary.thresholds {
+            if let Some(observed) = t.observed {
+                e.sample(
+                    "stampede_threshold_observed",
+                    &[("threshold", &t.name), ("unit", t.unit)],
+                    observed,
+                );
+            }
+        }
+    }
+
+    e.family(
+        "stampede_latency_seconds",
+        "summary",
+        "Whole-run latency by metric (HDR histogram, 3 significant digits): connect from the \
+         scheduled attempt, connect_service from the connect() call, heartbeat_rtt from the \
+         scheduled send. quantile=\"1\" is the maximum.",
+    );
+    for metric in Latency::ALL {
+        let h = s.total_latency.get(metric);
+        let name = metric.tag();
+        if !h.is_empty() {
+            for q in QUANTILES {
+                let micros = if q >= 1.0 {
+                    h.max()
+                } else {
+                    h.value_at_quantile(q)
+                };
+                e.sample(
+                    "stampede_latency_seconds",
+                    &[("metric", name), ("quantile", &number(q))],
+                    micros as f64 / 1e6,
+                );
+            }
+        }
+        e.sample(
+            "stampede_latency_seconds_sum",
+            &[("metric", name)],
+            h.mean() * h.len() as f64 / 1e6,
+        );
+        e.sample(
+            "stampede_latency_seconds_count",
+            &[("metric", name)],
+            h.len() as f64,
+        );
+    }
+
+    scopes(&mut e, "source", &summary.sources);
+    scopes(&mut e, "target", &summary.targets);
+
+    if s.agents_expected > 0 || !s.agents.is_empty() {
+        e.single(
+            "stampede_agents_expected",
+            "gauge",
+            "Agents the swarm waits for.",
+            s.agents_expected as f64,
+        );
+        e.single(
+            "stampede_agents_joined",
+            "gauge",
+            "Agents that have joined.",
+            s.agents.len() as f64,
+        );
+    }
+    if !s.agents.is_empty() {
+        let per_agent: [(&str, &str, &str); 5] = [
+            (
+                "stampede_agent_open",
+                "gauge",
+                "Connections the agent holds open.",
+            ),
+            (
+                "stampede_agent_connects_per_second",
+                "gauge",
+                "Connections the agent established in its last interval.",
+            ),
+            (
+                "stampede_agent_errors",
+                "gauge",
+                "Errors the agent reported.",
+            ),
+            (
+                "stampede_agent_connect_p99_seconds",
+                "gauge",
+                "The agent's connect p99; absent without samples.",
+            ),
+            (
+                "stampede_agent_last_report_age_seconds",
+                "gauge",
+                "Seconds since the agent's last report.",
+            ),
+        ];
+        for (index, (name, kind, help)) in per_agent.into_iter().enumerate() {
+            e.family(name, kind, help);
+            for a in &s.agents {
+                let value = match index {
+                    0 => Some(a.open as f64),
+                    1 => Some(a.connects_per_s as f64),
+                    2 => Some(a.errors as f64),
+                    3 => a.connect_p99_us.map(|us| us as f64 / 1e6),
+                    _ => Some(a.last_report_s),
+                };
+                if let Some(value) = value {
+                    e.sample(name, &[("agent", &a.name)], value);
+                }
+            }
+        }
+        e.family("stampede_agent_info", "gauge", "The agent's status.");
+        for a in &s.agents {
+            e.sample(
+                "stampede_agent_info",
+                &[("agent", &a.name), ("status", &a.status)],
+                1.0,
+            );
+        }
+    }
+    e.out
+}
+
+/// Per-source or per-target series, labelled `scope="ADDR"`.
+fn scopes(e: &mut Exposition, scope: &str, rows: &[ScopeCounts]) {
+    let plural = format!("stampede_{scope}s");
+    e.single(
+        &plural,
+        "gauge",
+        &format!("{scope} addresses in the plan."),
+        rows.len() as f64,
+    );
+    if rows.is_empty() || rows.len() > MAX_SCOPE_SERIES {
+        return;
+    }
+    let open = format!("stampede_{scope}_connections_open");
+    e.family(
+        &open,
+        "gauge",
+        &format!("Connections open per {scope} (established less closed before teardown)."),
+    );
+    for r in rows {
+        e.sample(
+            &open,
+            &[(scope, &r.addr)],
+            r.established.saturating_sub(r.closed) as f64,
+        );
+    }
+    let attempts = format!("stampede_{scope}_connection_attempts_total");
+    e.family(
+        &attempts,
+        "counter",
+        &format!("connect() attempts per {scope}."),
+    );
+    for r in rows {
+        e.sample(&attempts, &[(scope, &r.addr)], r.attempts as f64);
+    }
+    let established = format!("stampede_{scope}_connections_established_total");
+    e.family(
+        &established,
+        "counter",
+        &format!("Connections established per {scope}."),
+    );
+    for r in rows {
+        e.sample(&established, &[(scope, &r.addr)], r.established as f64);
+    }
+    let errors = format!("stampede_{scope}_errors_total");
+    e.family(
+        &errors,
+        "counter",
+        &format!("Errors per {scope} and kind (kinds seen so far)."),
+    );
+    for r in rows {
+        for kind in ErrorKind::ALL {
+            let n = r.errors.0[kind as usize];
+            if n > 0 {
+                e.sample(
+                    &errors,
+                    &[(scope, &r.addr), ("kind", kind.name())],
+                    n as f64,
+                );
+            }
+        }
+    }
+}
+
+/// The strict exposition reader the integration tests use.
+#[cfg(test)]
+#[path = "../tests/common/exposition.rs"]
+#[allow(dead_code)]
+mod exposition;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::fixture;
+
+    #[test]
+    fn numbers_and_escapes_follow_the_format() {
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.25), "0.25");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        let mut e = Exposition { out: String::new() };
+        e.sample("m", &[("l", "a\"b\\c\nd")], 1.0);
+        assert_eq!(e.out, "m{l=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn the_strict_reader_rejects_what_prometheus_would() {
+        let good = "# HELP a_total A counter.\n# TYPE a_total counter\na_total{k=\"v\\\"\"} 1\n\
+                    # TYPE s summary\ns{quantile=\"0.5\"} 0.1\ns_sum 1\ns_count 3\n";
+        let families = exposition::parse(good).unwrap();
+        assert_eq!(families.len(), 2);
+        assert_eq!(families[0].samples[0].label("k"), Some("v\""));
+        for bad in [
+            "a 1",                                      // no final line feed
+            "1a 1\n",                                   // bad name
+            "a{k=v} 1\n",                               // unquoted label value
+            "a{k=\"v\"} x\n",                           // bad value
+            "# TYPE a counter\na 1\n",                  // counter without _total
+            "# TYPE a gauge\na 1\nb 1\na{x=\"1\"} 2\n", // split family
+            "a 1\na 2\n",                               // duplicate series
+            "# TYPE s summary\ns 1\n",                  // summary sample without quantile
+            "# TYPE a gauge\n# TYPE a gauge\na 1\n",    // TYPE twice
+            "a{__k=\"v\"} 1\n",                         // reserved label name
+            "a{k=\"\\t\"} 1\n",                         // bad escape
+        ] {
+            assert!(exposition::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    fn value(families: &[exposition::Family], name: &str, labels: &[(&str, &str)]) -> f64 {
+        families
+            .iter()
+            .flat_map(|f| &f.samples)
+            .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name}{labels:?}"))
+            .value
+    }
+
+    #[test]
+    fn a_swarm_snapshot_renders_as_valid_exposition() {
+        let snapshot = fixture::swarm_snapshot();
+        let text = render(Some(&snapshot));
+        let families = exposition::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for f in &families {
+            assert!(f.name.starts_with("stampede_"), "{}", f.name);
+            assert!(f.help.is_some(), "{} has no HELP", f.name);
+        }
+        let s = &snapshot.summary;
+        assert_eq!(value(&families, "stampede_up", &[]), 1.0);
+        assert_eq!(
+            value(&families, "stampede_connections_open", &[]),
+            snapshot.open as f64
+        );
+        assert_eq!(
+            value(
+                &families,
+                "stampede_errors_total",
+                &[("kind", "addr_not_available")]
+            ),
+            s.errors.0[ErrorKind::AddrNotAvailable as usize] as f64
+        );
+        assert_eq!(
+            value(
+                &families,
+                "stampede_run_info",
+                &[("state", "running"), ("outcome", "fail")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &families,
+                "stampede_threshold_pass",
+                &[("threshold", "errors <= 0")]
+            ),
+            0.0
+        );
+        let p99 = value(
+            &families,
+            "stampede_latency_seconds",
+            &[("metric", "connect"), ("quantile", "0.99")],
+        );
+        assert_eq!(p99, s.latency_us.connect.p99.unwrap() as f64 / 1e6);
+        assert_eq!(
+            value(
+                &families,
+                "stampede_latency_seconds_count",
+                &[("metric", "heartbeat_rtt")]
+            ),
+            s.latency_us.heartbeat_rtt.count as f64
+        );
+        assert_eq!(
+            value(
+                &families,
+                "stampede_source_errors_total",
+                &[("source", "127.0.10.4"), ("kind", "addr_not_available")]
+            ),
+            s.sources[3].errors.0[ErrorKind::AddrNotAvailable as usize] as f64
+        );
+        let shares: f64 = s
+            .targets
+            .iter()
+            .map(|t| {
+                value(
+                    &families,
+                    "stampede_target_connections_open",
+                    &[("target", &t.addr)],
+                )
+            })
+            .sum();
+        assert_eq!(shares, snapshot.open as f64, "per-target open adds up");
+        assert_eq!(value(&families, "stampede_agents_expected", &[]), 4.0);
+        assert_eq!(
+            value(&families, "stampede_agent_open", &[("agent", "agent-2")]),
+            39_117.0
+        );
+        assert_eq!(
+            value(
+                &families,
+                "stampede_agent_info",
+                &[("agent", "agent-3"), ("status", "late")]
+            ),
+            1.0
+        );
+    }
+
+    /// Every series the shipped Grafana dashboard queries is one this endpoint serves.
+    #[test]
+    fn the_grafana_dashboard_queries_only_served_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/stampede-dashboard.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    for (key, v) in map {
+                        match (key.as_str(), v) {
+                            ("expr" | "definition", serde_json::Value::String(e)) => {
+                                out.push(e.clone())
+                            }
+                            _ => exprs(v, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+                _ => {}
+            }
+        }
+        let mut queries = Vec::new();
+        exprs(&dashboard, &mut queries);
+        assert!(queries.len() > 20, "{queries:?}");
+        let served: std::collections::HashSet<String> =
+            exposition::parse(&render(Some(&fixture::swarm_snapshot())))
+                .unwrap()
+                .into_iter()
+                .flat_map(|f| f.samples.into_iter().map(|s| s.name))
+                .collect();
+        for query in &queries {
+            let mut rest = query.as_str();
+            while let Some(at) = rest.find("stampede_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    served.contains(&name),
+                    "{name} (in {query:?}) is not served"
+                );
+                rest = &rest[at + name.len()..];
+            }
+        }
+    }
+
+    #[test]
+    fn per_address_series_stop_at_the_cap() {
+        let mut snapshot = fixture::snapshot();
+        let row = snapshot.summary.sources[0].clone();
+        snapshot.summary.sources = (0..=MAX_SCOPE_SERIES)
+            .map(|i| ScopeCounts {
+                addr: format!("127.1.{}.{}", i / 250, i % 250 + 1),
+                ..row.clone()
+            })
+            .collect();
+        let text = render(Some(&snapshot));
+        exposition::parse(&text).unwrap();
+        assert!(text.contains("stampede_sources 1001\n"));
+        assert!(!text.contains("stampede_source_connections_open{"));
+        assert!(text.contains("stampede_target_connections_open{"));
+    }
+
+    #[test]
+    fn before_the_first_second_only_up_is_served() {
+        let text = render(None);
+        assert!(text.ends_with("stampede_up 0\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_refuses_other_paths() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_live_tx, live_rx) = tokio::sync::watch::channel(None);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, live_rx, async {
+            let _ = stop_rx.await;
+        }));
+        let get = |request: &'static str| async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        };
+        let ok = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains(CONTENT_TYPE), "{ok}");
+        assert!(ok.ends_with("stampede_up 0\n"), "{ok}");
+        let missing = get("GET / HTTP/1.1\r\n\r\n").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        let post = get("POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+        let garbage = get("hello\r\n\r\n").await;
+        assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+        let head = get("HEAD /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

@@ -1,0 +1,360 @@
+//! The coordinator <-> agent protocol.
+//!
+//! Frames are a 4-byte big-endian length followed by one serde_json message; a frame over
+//! `MAX_FRAME` or a message that does not parse ends that peer's session, never the
+//! coordinator. Histograms travel as HdrHistogram V2-deflate bytes (base64 in the JSON), never
+//! as percentiles, so merging stays lossless.
+//!
+//! Authentication is a challenge-response over nonces from both sides with HMAC-SHA256 of a
+//! shared token; the token itself never crosses the wire.
+
+use std::io;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::metrics::{Counts, HIGHEST_US, IntervalData, LOWEST_US, LatencySet, SIGFIGS};
+
+/// Bumped whenever a message changes shape; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts: a report from an agent with thousands of source
+/// addresses fits easily.
+pub const MAX_FRAME: usize = 16 << 20;
+pub const NONCE_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// An agent's description of itself, sent in its hello.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub host: String,
+    pub stampede_version: String,
+    pub cores: usize,
+    /// Open files this agent may use (its RLIMIT_NOFILE after raising the soft limit).
+    pub fd_limit: u64,
+    /// Source addresses it was told to use (`--sources`), empty for "the profile's".
+    pub sources: Vec<String>,
+    /// Its clock at the moment it sent this, microseconds since the Unix epoch.
+    pub clock_us: u64,
+}
+
+/// What an agent plays: the profile (as JSON, after overrides) scaled to its share.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanMsg {
+    pub agent_index: usize,
+    pub agents: usize,
+    /// The profile with connections, ramp targets and rates scaled to this agent's share.
+    pub profile: serde_json::Value,
+    /// When to start, on the agent's own clock (microseconds since the Unix epoch).
+    pub start_at_us: u64,
+    /// Capacity weights of every agent, for apportioning the profile exactly.
+    pub weights: Vec<u64>,
+    /// Silence from the coordinator longer than this stops the agent (dead-man switch).
+    pub lease_ms: u64,
+    /// Targets to use instead of the profile's (the embedded sink's address in local swarms).
+    pub targets: Option<Vec<String>>,
+}
+
+/// One interval as it travels: counters plus V2-deflate histograms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireInterval {
+    pub seq: u64,
+    pub last: bool,
+    pub open: u64,
+    pub totals: Counts,
+    pub per_source: Vec<Counts>,
+    pub per_target: Vec<Counts>,
+    /// Base64 V2-deflate histograms, in `Latency::ALL` order.
+    pub histograms: Vec<String>,
+    pub first_attempt_us: Option<u64>,
+    pub last_established_us: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Agent -> coordinator, first frame.
+    Hello {
+        version: u32,
+        nonce: String,
+        info: AgentInfo,
+    },
+    /// Coordinator -> agent: its nonce and proof that it knows the token.
+    Challenge {
+        nonce: String,
+        proof: String,
+    },
+    /// Agent -> coordinator: proof that it knows the token.
+    Proof {
+        proof: String,
+    },
+    /// Coordinator -> agent: joined; wait for the plan.
+    Welcome,
+    /// Either side: the session ends, and why.
+    Refused {
+        reason: String,
+    },
+    /// Coordinator -> agent: clock probe. Agent answers `Pong` with its clock.
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+        clock_us: u64,
+    },
+    Plan(Box<PlanMsg>),
+    /// Agent -> coordinator: the plan is accepted and the agent will start at `start_at_us`.
+    Ready {
+        sources: Vec<String>,
+        targets: Vec<String>,
+    },
+    /// Agent -> coordinator: the moment it actually started, on its clock.
+    Started {
+        clock_us: u64,
+    },
+    Report(Box<WireInterval>),
+    /// Coordinator -> agent: keeps the lease alive.
+    Keepalive,
+    Pause,
+    Resume,
+    /// Coordinator -> agent: stop gracefully and send the last report.
+    Stop {
+        reason: String,
+    },
+}
+
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &Message,
+) -> Result<(), WireError> {
+    let body = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    out.write_all(&frame).await?;
+    Ok(())
+}
+
+pub async fn read_message<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, WireError> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            WireError::Closed
+        } else {
+            e.into()
+        }
+    })?;
+    decode(&body)
+}
+
+pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+    serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+pub fn nonce() -> String {
+    let mut bytes = [0u8; NONCE_BYTES];
+    // The OS random source failing is not something to continue from.
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    BASE64.encode(bytes)
+}
+
+/// HMAC-SHA256 over a role label and both nonces, keyed by the token. Each side proves with a
+/// different label, so a proof cannot be reflected back.
+pub fn proof(token: &[u8], role: &str, first: &str, second: &str) -> String {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
+    mac.update(role.as_bytes());
+    mac.update(b"\0");
+    mac.update(first.as_bytes());
+    mac.update(b"\0");
+    mac.update(second.as_bytes());
+    BASE64.encode(mac.finalize().into_bytes())
+}
+
+/// Constant-time check of a proof.
+pub fn verify(token: &[u8], role: &str, first: &str, second: &str, given: &str) -> bool {
+    let Ok(given) = BASE64.decode(given) else {
+        return false;
+    };
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
+    mac.update(role.as_bytes());
+    mac.update(b"\0");
+    mac.update(first.as_bytes());
+    mac.update(b"\0");
+    mac.update(second.as_bytes());
+    mac.verify_slice(&given).is_ok()
+}
+
+/// Reads a token file: at least 16 bytes after trimming whitespace.
+pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let token = text.trim_ascii().to_vec();
+    if token.len() < 16 {
+        return Err(format!(
+            "--token-file {}: the token has {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            path.display(),
+            token.len(),
+            path.display()
+        ));
+    }
+    Ok(token)
+}
+
+fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    // Serialising our own in-range histogram into a Vec cannot fail.
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("histogram serialises");
+    BASE64.encode(bytes)
+}
+
+fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|e| WireError::Malformed(format!("histogram is not base64: {e}")))?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut &bytes[..])
+        .map_err(|e| WireError::Malformed(format!("histogram does not decode: {e:?}")))?;
+    if h.low() != LOWEST_US || h.high() != HIGHEST_US || h.sigfig() != SIGFIGS {
+        return Err(WireError::Malformed(format!(
+            "histogram bounds {}..{} at {} digits differ from {LOWEST_US}..{HIGHEST_US} at {SIGFIGS}",
+            h.low(),
+            h.high(),
+            h.sigfig()
+        )));
+    }
+    Ok(h)
+}
+
+impl WireInterval {
+    pub fn encode(seq: u64, last: bool, open: u64, data: &IntervalData) -> WireInterval {
+        WireInterval {
+            seq,
+            last,
+            open,
+            totals: data.totals,
+            per_source: data.per_source.clone(),
+            per_target: data.per_target.clone(),
+            histograms: data.latency.hists.iter().map(encode_histogram).collect(),
+            first_attempt_us: data.first_attempt_us,
+            last_established_us: data.last_established_us,
+        }
+    }
+
+    pub fn decode(&self) -> Result<IntervalData, WireError> {
+        if self.histograms.len() != 3 {
+            return Err(WireError::Malformed(format!(
+                "{} histograms instead of 3",
+                self.histograms.len()
+            )));
+        }
+        let mut latency = LatencySet::default();
+        for (slot, text) in latency.hists.iter_mut().zip(&self.histograms) {
+            *slot = decode_histogram(text)?;
+        }
+        Ok(IntervalData {
+            totals: self.totals,
+            per_source: self.per_source.clone(),
+            per_target: self.per_target.clone(),
+            latency,
+            first_attempt_us: self.first_attempt_us,
+            last_established_us: self.last_established_us,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Latency;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_refuse_oversize() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let message = Message::Stop {
+            reason: "done".into(),
+        };
+        write_message(&mut a, &message).await.unwrap();
+        assert_eq!(read_message(&mut b).await.unwrap(), message);
+
+        a.write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_message(&mut b).await,
+            Err(WireError::TooLarge(_))
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"nope!").await.unwrap();
+        assert!(matches!(
+            read_message(&mut b).await,
+            Err(WireError::Malformed(_))
+        ));
+        drop(a);
+        assert!(matches!(read_message(&mut b).await, Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn intervals_survive_the_wire_losslessly() {
+        let mut data = IntervalData::new(2, 1);
+        for v in [1, 50, 900, 12_345, 3_000_000] {
+            data.latency.record(Latency::HeartbeatRtt, v);
+        }
+        data.count(1, 0, |c| c.established += 3);
+        let wire = WireInterval::encode(4, false, 3, &data);
+        let json = serde_json::to_string(&Message::Report(Box::new(wire))).unwrap();
+        let Message::Report(back) = decode(json.as_bytes()).unwrap() else {
+            panic!("not a report");
+        };
+        let decoded = back.decode().unwrap();
+        assert_eq!(
+            decoded.latency.get(Latency::HeartbeatRtt),
+            data.latency.get(Latency::HeartbeatRtt)
+        );
+        assert_eq!(decoded.per_source, data.per_source);
+    }
+
+    #[test]
+    fn proofs_need_the_token_and_the_role() {
+        let (a, b) = (nonce(), nonce());
+        let p = proof(b"0123456789abcdef", "coordinator", &a, &b);
+        assert!(verify(b"0123456789abcdef", "coordinator", &a, &b, &p));
+        assert!(!verify(b"0123456789abcdeX", "coordinator", &a, &b, &p));
+        assert!(!verify(b"0123456789abcdef", "agent", &a, &b, &p));
+        assert!(!verify(b"0123456789abcdef", "coordinator", &b, &a, &p));
+    }
+}
