@@ -518,3 +518,45 @@ async fn other_protocol_versions_are_refused() {
     std::io::Read::read_to_string(&mut coord.stderr, &mut rest).unwrap();
     assert!(rest.contains("only 0 of 1 agents joined"), "{rest}");
 }
+
+#[test]
+fn on_agent_loss_abort_stops_the_run() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("abort.json");
+    std::fs::write(
+        &path,
+        json!({
+            "name": "strict-swarm",
+            "target": {"addrs": [sink.addr.to_string()]},
+            "connections": 200,
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "30s"}}],
+            "on_agent_loss": "abort"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut coord = coordinator(&path, 2, &dir.path().join("coord"), &[]);
+    let mut keeper = agent(coord.addr, "keeper", "127.0.45.1", None, &[]);
+    let mut victim = agent(coord.addr, "victim", "127.0.45.2", None, &[]);
+    wait_for_line(&mut coord.stderr, Duration::from_secs(15), |l| {
+        l.contains(" 200/200")
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let status = wait_child(&mut coord.child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(3), "an aborted run exits 3");
+    let summary = read_json(&dir.path().join("coord/summary.json"));
+    assert_eq!(summary["outcome"], "aborted");
+    assert!(
+        summary["abort_reason"].as_str().unwrap().contains("victim"),
+        "{}",
+        summary["abort_reason"]
+    );
+    assert!(summary["duration_s"].as_f64().unwrap() < 20.0);
+    // The other agent was told to stop, closed its connections and left cleanly.
+    assert_eq!(
+        wait_child(&mut keeper, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
