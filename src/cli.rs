@@ -330,6 +330,26 @@ fn watch_signals(control_tx: ControlTx) {
     });
 }
 
+/// The dashboard (when wanted and stdout is a terminal) and the metrics endpoint around a run.
+async fn start_views(
+    wants_dashboard: bool,
+    fps: u16,
+    metrics_listen: Option<SocketAddr>,
+    profile: &str,
+    control_tx: ControlTx,
+) -> Result<Views, i32> {
+    let view_options = ViewOptions {
+        dashboard: wants_dashboard && std::io::stdout().is_terminal(),
+        fps,
+        metrics_listen,
+        profile: profile.to_string(),
+    };
+    Views::start(view_options, control_tx).await.map_err(|e| {
+        eprint_line(&format!("stampede: {e}"));
+        2
+    })
+}
+
 async fn run_command(args: RunArgs) -> i32 {
     let (profile, profile_json) = match load_with_json(&args.profile, &args.set) {
         Ok(loaded) => loaded,
@@ -337,18 +357,17 @@ async fn run_command(args: RunArgs) -> i32 {
     };
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     watch_signals(control_tx.clone());
-    let view_options = ViewOptions {
-        dashboard: !args.headless && !args.quiet && std::io::stdout().is_terminal(),
-        fps: args.fps,
-        metrics_listen: args.metrics_listen,
-        profile: profile.name.clone(),
-    };
-    let mut views = match Views::start(view_options, control_tx).await {
+    let mut views = match start_views(
+        !args.headless && !args.quiet,
+        args.fps,
+        args.metrics_listen,
+        &profile.name,
+        control_tx,
+    )
+    .await
+    {
         Ok(views) => views,
-        Err(e) => {
-            eprint_line(&format!("stampede: {e}"));
-            return 2;
-        }
+        Err(code) => return code,
     };
     let dashboard = views.has_dashboard();
     let options = RunOptions {
@@ -443,18 +462,17 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
     };
     let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
     watch_signals(control_tx.clone());
-    let view_options = ViewOptions {
-        dashboard: !args.headless && !args.quiet && std::io::stdout().is_terminal(),
-        fps: args.fps,
-        metrics_listen: args.metrics_listen,
-        profile: profile.name.clone(),
-    };
-    let mut views = match Views::start(view_options, control_tx).await {
+    let mut views = match start_views(
+        !args.headless && !args.quiet,
+        args.fps,
+        args.metrics_listen,
+        &profile.name,
+        control_tx,
+    )
+    .await
+    {
         Ok(views) => views,
-        Err(e) => {
-            eprint_line(&format!("stampede coordinator: {e}"));
-            return 2;
-        }
+        Err(code) => return code,
     };
     let dashboard = views.has_dashboard();
     let run = coordinator::run(CoordinatorOptions {

@@ -44,6 +44,23 @@ pub struct RunResult {
     pub exit_code: i32,
 }
 
+/// Creates `--out DIR` (if given) and its interval log, before anything opens: a directory that
+/// cannot be written is a usage error, not a surprise at the end of a run.
+pub fn open_outputs(outputs: &Outputs, profile: &str) -> Result<Option<HlogWriter>, String> {
+    let Some(dir) = &outputs.out_dir else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "--out {}: cannot create the directory: {e}; choose a writable place",
+            dir.display()
+        )
+    })?;
+    HlogWriter::create(&dir.join("latency.hlog"), profile, SystemTime::now())
+        .map(Some)
+        .map_err(|e| format!("--out {}: cannot write latency.hlog: {e}", dir.display()))
+}
+
 pub struct Collector {
     profile_name: String,
     requested: u64,

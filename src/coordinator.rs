@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use crate::collect::{Collector, Outputs, Progress, RunResult};
+use crate::collect::{Collector, Outputs, Progress, RunResult, open_outputs};
 use crate::host;
 use crate::live::{AgentRow, Control, ControlRx, LiveTx};
 use crate::metrics::{IntervalSnapshot, Latency};
@@ -287,6 +287,8 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
                 .into(),
         ));
     }
+    // A directory that cannot be written is refused before anyone joins.
+    let hlog = open_outputs(&options.outputs, &options.profile.name).map_err(RunError::Plan)?;
     let expected = options.agents;
     let full = Arc::new(AtomicBool::new(false));
     let (joined_tx, mut joined_rx) = mpsc::channel::<Joined>(expected.max(1));
@@ -312,6 +314,7 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
             progress: options.progress,
             live_tx: options.live_tx,
             listen,
+            hlog,
         },
     )
     .await;
@@ -330,6 +333,7 @@ struct OptionsRest {
     progress: Progress,
     live_tx: Option<LiveTx>,
     listen: SocketAddr,
+    hlog: Option<HlogWriter>,
 }
 
 async fn drive(
@@ -428,13 +432,7 @@ async fn drive(
                     }
                     answered += 1;
                 }
-                Ok(Some((i, Err(e)))) => {
-                    abort_all(&agents, "an agent left before the start");
-                    return Err(RunError::Fatal(format!(
-                        "agent {} left before the start: {e}",
-                        agents[i].info.name
-                    )));
-                }
+                Ok(Some((i, Err(e)))) => return Err(left_before_start(&agents, i, &e)),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     abort_all(&agents, "clock probe timed out");
@@ -525,13 +523,7 @@ async fn drive(
                     agents[i].info.name
                 )));
             }
-            Ok(Some((i, Err(e)))) => {
-                abort_all(&agents, "an agent left before the start");
-                return Err(RunError::Fatal(format!(
-                    "agent {} left before the start: {e}",
-                    agents[i].info.name
-                )));
-            }
+            Ok(Some((i, Err(e)))) => return Err(left_before_start(&agents, i, &e)),
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 abort_all(&agents, "not every agent accepted the plan in time");
@@ -543,30 +535,6 @@ async fn drive(
     }
 
     // 5. Run: merge reports, keep leases, mark the lost.
-    let hlog = match &o.outputs.out_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                RunError::Plan(format!(
-                    "--out {}: cannot create the directory: {e}",
-                    dir.display()
-                ))
-            })?;
-            Some(
-                HlogWriter::create(
-                    &dir.join("latency.hlog"),
-                    &o.profile.name,
-                    SystemTime::now(),
-                )
-                .map_err(|e| {
-                    RunError::Plan(format!(
-                        "--out {}: cannot write latency.hlog: {e}",
-                        dir.display()
-                    ))
-                })?,
-            )
-        }
-        None => None,
-    };
     let spans = timeline::spans(&o.profile);
     let source_count = source_labels.len();
     let target_count = target_labels.len();
@@ -577,7 +545,7 @@ async fn drive(
         target_labels,
         agents.len(),
         start,
-        hlog,
+        o.hlog,
         o.progress,
         o.live_tx,
     );
@@ -722,6 +690,19 @@ async fn drive(
         ));
     }
     Ok(collector.finish(abort_reason, &o.outputs))
+}
+
+/// Ends the setup when an agent leaves before the start: the others are told to stop.
+fn left_before_start(agents: &[Agent], index: usize, error: &WireError) -> RunError {
+    for a in agents {
+        let _ = a.out_tx.send(Message::Stop {
+            reason: "an agent left before the start".into(),
+        });
+    }
+    RunError::Fatal(format!(
+        "agent {} left before the start: {error}",
+        agents[index].info.name
+    ))
 }
 
 fn lose(agent: &mut Agent, collector: &mut Collector, index: usize, reason: &str) {

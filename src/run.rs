@@ -14,13 +14,12 @@ use tokio::time::Instant;
 
 use crate::agent::pool::SourcePool;
 use crate::agent::{Engine, EnginePlan};
-use crate::collect::Collector;
+use crate::collect::{Collector, open_outputs};
 pub use crate::collect::{Outputs, Progress, RunResult};
 use crate::host;
 use crate::live::{Control, ControlRx, LiveTx};
 use crate::profile::timeline;
 use crate::profile::{Profile, TargetSpec};
-use crate::report::hlog::HlogWriter;
 use crate::sink;
 
 /// A run that could not start (exit code 2) or broke down (exit code 3).
@@ -152,14 +151,11 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     })?;
     let profile = &options.profile;
     let spans = timeline::spans(profile);
-    if let Some(dir) = &options.out_dir {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            RunError::Plan(format!(
-                "--out {}: cannot create the directory: {e}; choose a writable place",
-                dir.display()
-            ))
-        })?;
-    }
+    let outputs = Outputs {
+        out_dir: options.out_dir.clone(),
+        junit: options.junit.clone(),
+    };
+    let hlog = open_outputs(&outputs, &profile.name).map_err(RunError::Plan)?;
 
     let mut pool = preflight.pool;
     let (sink_stop_tx, sink_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -180,23 +176,6 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .map(|i| pool.source_label(i))
         .collect();
     let target_labels: Vec<String> = pool.targets.iter().map(ToString::to_string).collect();
-
-    let hlog = match &options.out_dir {
-        Some(dir) => Some(
-            HlogWriter::create(
-                &dir.join("latency.hlog"),
-                &profile.name,
-                std::time::SystemTime::now(),
-            )
-            .map_err(|e| {
-                RunError::Plan(format!(
-                    "--out {}: cannot write latency.hlog: {e}",
-                    dir.display()
-                ))
-            })?,
-        ),
-        None => None,
-    };
 
     let plan = Arc::new(EnginePlan {
         spans: spans.clone(),
@@ -267,9 +246,5 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     if let Some(task) = sink_task {
         let _ = task.await;
     }
-    let outputs = Outputs {
-        out_dir: options.out_dir.clone(),
-        junit: options.junit.clone(),
-    };
     Ok(collector.finish(abort_reason, &outputs))
 }

@@ -190,30 +190,25 @@ pub fn nonce() -> String {
 
 /// HMAC-SHA256 over a role label and both nonces, keyed by the token. Each side proves with a
 /// different label, so a proof cannot be reflected back.
-pub fn proof(token: &[u8], role: &str, first: &str, second: &str) -> String {
+fn mac(token: &[u8], role: &str, first: &str, second: &str) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
-    mac.update(role.as_bytes());
-    mac.update(b"\0");
-    mac.update(first.as_bytes());
-    mac.update(b"\0");
-    mac.update(second.as_bytes());
-    BASE64.encode(mac.finalize().into_bytes())
+    for part in [role, first, second] {
+        mac.update(part.as_bytes());
+        mac.update(b"\0");
+    }
+    mac
+}
+
+pub fn proof(token: &[u8], role: &str, first: &str, second: &str) -> String {
+    BASE64.encode(mac(token, role, first, second).finalize().into_bytes())
 }
 
 /// Constant-time check of a proof.
 pub fn verify(token: &[u8], role: &str, first: &str, second: &str, given: &str) -> bool {
-    let Ok(given) = BASE64.decode(given) else {
-        return false;
-    };
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(token).expect("HMAC takes any key length");
-    mac.update(role.as_bytes());
-    mac.update(b"\0");
-    mac.update(first.as_bytes());
-    mac.update(b"\0");
-    mac.update(second.as_bytes());
-    mac.verify_slice(&given).is_ok()
+    BASE64
+        .decode(given)
+        .is_ok_and(|given| mac(token, role, first, second).verify_slice(&given).is_ok())
 }
 
 /// Reads a token file: at least 16 bytes after trimming whitespace.

@@ -9,8 +9,7 @@ use std::time::Duration;
 use common::SinkHandle;
 use serde_json::json;
 use stampede::live::{Control, LiveRx, LiveSnapshot, RunState};
-use stampede::profile::Profile;
-use stampede::run::{self, Progress, RunOptions};
+use stampede::run;
 
 /// The next live snapshot, within a bound.
 async fn next(rx: &mut LiveRx) -> Arc<LiveSnapshot> {
@@ -24,25 +23,14 @@ async fn next(rx: &mut LiveRx) -> Arc<LiveSnapshot> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_the_ramp_and_resume_finishes_it() {
     let sink = SinkHandle::start().await;
-    let profile = Profile::from_value(json!({
+    let profile = json!({
         "name": "pausable",
         "target": {"addrs": [sink.addr.to_string()]},
         "connections": 300,
         "phases": [{"ramp": {"rate": 100}}, {"hold": {"for": "1s"}}]
-    }))
-    .unwrap();
-    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (live_tx, mut live_rx) = tokio::sync::watch::channel(None);
-    let run = tokio::spawn(run::execute(RunOptions {
-        profile,
-        out_dir: None,
-        junit: None,
-        workers: Some(2),
-        allow_overcommit: false,
-        progress: Progress::Silent,
-        control_rx,
-        live_tx: Some(live_tx),
-    }));
+    });
+    let (options, control_tx, mut live_rx) = common::options(&profile, 2);
+    let run = tokio::spawn(run::execute(options));
     let first = next(&mut live_rx).await;
     assert_eq!(first.state, RunState::Running);
     assert!(first.open > 0 && first.open < 300, "{}", first.open);
@@ -74,25 +62,14 @@ async fn pause_holds_the_ramp_and_resume_finishes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_from_a_view_aborts_gracefully() {
     let sink = SinkHandle::start().await;
-    let profile = Profile::from_value(json!({
+    let profile = json!({
         "name": "stoppable",
         "target": {"addrs": [sink.addr.to_string()]},
         "connections": 100,
         "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "60s"}}]
-    }))
-    .unwrap();
-    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (live_tx, mut live_rx) = tokio::sync::watch::channel(None);
-    let run = tokio::spawn(run::execute(RunOptions {
-        profile,
-        out_dir: None,
-        junit: None,
-        workers: Some(1),
-        allow_overcommit: false,
-        progress: Progress::Silent,
-        control_rx,
-        live_tx: Some(live_tx),
-    }));
+    });
+    let (options, control_tx, mut live_rx) = common::options(&profile, 1);
+    let run = tokio::spawn(run::execute(options));
     tokio::time::timeout(Duration::from_secs(5), live_rx.changed())
         .await
         .unwrap()

@@ -11,8 +11,7 @@ use std::process::Command;
 
 use common::{SinkHandle, read_json, repo};
 use serde_json::json;
-use stampede::profile::Profile;
-use stampede::run::{self, Progress, RunOptions};
+use stampede::run;
 
 struct Namespace(String);
 
@@ -116,28 +115,17 @@ fn one_source_yields_exactly_the_range_and_three_reach_three_times() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_over_the_pool_is_refused_before_it_starts() {
     let sink = SinkHandle::start().await;
-    let profile = Profile::from_value(json!({
-        "name": "port-wall",
-        "target": {"addrs": [sink.addr.to_string()]},
-        "connections": 700,
-        "sources": {"addrs": ["127.0.31.9"], "port_range": "40000-40499"},
-        "phases": [{"ramp": {"rate": 5000}}]
-    }))
-    .unwrap();
-    let (_control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    let err = run::execute(RunOptions {
-        profile,
-        out_dir: None,
-        junit: None,
-        workers: Some(1),
-        allow_overcommit: false,
-        progress: Progress::Silent,
-        control_rx,
-        live_tx: None,
-    })
-    .await
-    .err()
-    .expect("refused");
+    let (options, _control_tx, _live_rx) = common::options(
+        &json!({
+            "name": "port-wall",
+            "target": {"addrs": [sink.addr.to_string()]},
+            "connections": 700,
+            "sources": {"addrs": ["127.0.31.9"], "port_range": "40000-40499"},
+            "phases": [{"ramp": {"rate": 5000}}]
+        }),
+        1,
+    );
+    let err = run::execute(options).await.err().expect("refused");
     assert_eq!(err.exit_code(), 2);
     let text = err.to_string();
     assert!(

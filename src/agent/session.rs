@@ -14,10 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::{Engine, EnginePlan};
-use crate::collect::{Collector, Outputs, Progress};
+use crate::collect::{Collector, Outputs, Progress, open_outputs};
 use crate::coordinator::{HANDSHAKE_TIMEOUT, unix_us};
 use crate::profile::{Profile, SourceSpec, TargetSpec, sources, timeline};
-use crate::report::hlog::HlogWriter;
 use crate::run::{PreflightInput, RunError, preflight};
 use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireInterval};
 
@@ -257,6 +256,39 @@ pub(crate) async fn join(
     }
 }
 
+/// Tells the coordinator why this agent will not play the plan; the agent then exits 2.
+async fn refuse_plan(stream: &mut TcpStream, reason: String) -> AgentExit {
+    let refusal = Message::Refused {
+        reason: reason.clone(),
+    };
+    let _ = wire::write_message(stream, &refusal).await;
+    exit(2, format!("refused the plan: {reason}"))
+}
+
+/// Answers clock probes until the plan arrives.
+pub(crate) async fn await_plan(stream: &mut TcpStream) -> Result<PlanMsg, AgentExit> {
+    loop {
+        let message = timeout(Duration::from_secs(600), wire::read_message(stream))
+            .await
+            .map_err(|_| exit(3, "no plan from the coordinator"))?
+            .map_err(|e| exit(3, format!("the coordinator went away before the plan: {e}")))?;
+        match message {
+            Message::Ping { id } => {
+                let pong = Message::Pong {
+                    id,
+                    clock_us: unix_us(),
+                };
+                let _ = wire::write_message(stream, &pong).await;
+            }
+            Message::Plan(plan) => return Ok(*plan),
+            Message::Stop { reason } => {
+                return Err(exit(3, format!("stopped before the start: {reason}")));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Turns the plan into this agent's profile and targets, or the reason to refuse it.
 fn accept_plan(
     plan: &PlanMsg,
@@ -322,41 +354,10 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     }
 
     // Before the plan: answer clock probes, wait for the plan.
-    let plan = loop {
-        let message = timeout(Duration::from_secs(600), wire::read_message(&mut stream))
-            .await
-            .map_err(|_| exit(3, "no plan from the coordinator"))?
-            .map_err(|e| exit(3, format!("the coordinator went away before the plan: {e}")))?;
-        match message {
-            Message::Ping { id } => {
-                let _ = wire::write_message(
-                    &mut stream,
-                    &Message::Pong {
-                        id,
-                        clock_us: unix_us(),
-                    },
-                )
-                .await;
-            }
-            Message::Plan(plan) => break *plan,
-            Message::Stop { reason } => {
-                return Err(exit(3, format!("stopped before the start: {reason}")));
-            }
-            _ => {}
-        }
-    };
+    let plan = await_plan(&mut stream).await?;
     let (profile, targets) = match accept_plan(&plan, &options) {
         Ok(accepted) => accepted,
-        Err(reason) => {
-            let _ = wire::write_message(
-                &mut stream,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            return Err(exit(2, format!("refused the plan: {reason}")));
-        }
+        Err(reason) => return Err(refuse_plan(&mut stream, reason).await),
     };
     let checked = preflight(PreflightInput {
         profile: &profile,
@@ -369,14 +370,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         Ok(c) => c,
         Err(RunError::Plan(reason) | RunError::Fatal(reason)) => {
             let reason = format!("agent {}: {reason}", options.name);
-            let _ = wire::write_message(
-                &mut stream,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await;
-            return Err(exit(2, format!("refused the plan: {reason}")));
+            return Err(refuse_plan(&mut stream, reason).await);
         }
     };
     let pool = checked.pool;
@@ -413,21 +407,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         .map_err(|e| exit(3, format!("cannot start worker threads: {e}")))?;
 
     // The agent's own view of its share, for its --out files.
-    let hlog = match &options.outputs.out_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| exit(2, format!("--out {}: {e}", dir.display())))?;
-            Some(
-                HlogWriter::create(
-                    &dir.join("latency.hlog"),
-                    &profile.name,
-                    std::time::SystemTime::now(),
-                )
-                .map_err(|e| exit(2, format!("--out {}: {e}", dir.display())))?,
-            )
-        }
-        None => None,
-    };
+    let hlog = open_outputs(&options.outputs, &profile.name).map_err(|e| exit(2, e))?;
     let mut local = Collector::new(
         &profile,
         spans,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::session::{AgentExit, AgentOptions, dial, join};
+use super::session::{AgentExit, AgentOptions, await_plan, dial, join};
 use crate::coordinator::unix_us;
 use crate::metrics::{IntervalData, Latency};
 use crate::profile::{Profile, timeline};
@@ -51,34 +51,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         quiet: true,
     };
     join(&mut stream, &named, 1_000_000).await?;
-    let plan = loop {
-        match wire::read_message(&mut stream).await {
-            Ok(Message::Ping { id }) => {
-                let _ = wire::write_message(
-                    &mut stream,
-                    &Message::Pong {
-                        id,
-                        clock_us: unix_us(),
-                    },
-                )
-                .await;
-            }
-            Ok(Message::Plan(plan)) => break *plan,
-            Ok(Message::Stop { reason }) => {
-                return Err(AgentExit {
-                    code: 3,
-                    message: reason,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return Err(AgentExit {
-                    code: 3,
-                    message: e.to_string(),
-                });
-            }
-        }
-    };
+    let plan = await_plan(&mut stream).await?;
     let profile = Profile::from_value(plan.profile.clone())
         .map_err(|e| AgentExit {
             code: 2,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use stampede::live::{ControlTx, LiveRx};
 use stampede::profile::Profile;
 use stampede::run::{self, Progress, RunOptions, RunResult};
 
@@ -64,22 +65,30 @@ impl Drop for SinkHandle {
     }
 }
 
-/// Runs a profile (JSON text) in this process, silently, and returns its result.
-pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path>) -> RunResult {
+/// Silent in-process run options for `profile` (JSON), with the controls to steer it.
+pub fn options(profile: &Value, workers: usize) -> (RunOptions, ControlTx, LiveRx) {
     let profile = Profile::from_value(profile.clone()).expect("valid test profile");
-    let (_control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
-    run::execute(RunOptions {
+    let (control_tx, control_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (live_tx, live_rx) = tokio::sync::watch::channel(None);
+    let options = RunOptions {
         profile,
-        out_dir: out.map(Path::to_path_buf),
+        out_dir: None,
         junit: None,
-        workers: Some(2),
-        allow_overcommit,
+        workers: Some(workers),
+        allow_overcommit: false,
         progress: Progress::Silent,
         control_rx,
-        live_tx: None,
-    })
-    .await
-    .expect("run starts")
+        live_tx: Some(live_tx),
+    };
+    (options, control_tx, live_rx)
+}
+
+/// Runs a profile (JSON) in this process, silently, and returns its result.
+pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path>) -> RunResult {
+    let (mut options, _control_tx, _live_rx) = options(profile, 2);
+    options.allow_overcommit = allow_overcommit;
+    options.out_dir = out.map(Path::to_path_buf);
+    run::execute(options).await.expect("run starts")
 }
 
 /// A `stampede sink` child process; killed on drop.
