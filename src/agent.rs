@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::metrics::IntervalSnapshot;
-use crate::profile::Heartbeat;
 use crate::profile::timeline::PhaseSpan;
+use crate::profile::{Heartbeat, Profile};
 use pool::SourcePool;
 
 /// What every worker needs to play its share of a profile.
@@ -36,6 +36,20 @@ pub struct EnginePlan {
     pub pool: SourcePool,
     pub heartbeat: Option<Heartbeat>,
     pub connect_timeout: Duration,
+    /// The (share of the) profile: phases and reconnect policies.
+    pub profile: Profile,
+}
+
+impl EnginePlan {
+    pub fn new(profile: &Profile, pool: SourcePool) -> EnginePlan {
+        EnginePlan {
+            spans: crate::profile::timeline::spans(profile),
+            pool,
+            heartbeat: profile.heartbeat,
+            connect_timeout: profile.connect_timeout,
+            profile: profile.clone(),
+        }
+    }
 }
 
 /// What the workers are told while they run. Written by `Engine`, read by every worker.

@@ -18,7 +18,7 @@ use crate::profile::Profile;
 use crate::profile::duration::human_micros;
 use crate::profile::timeline::{self, PhaseSpan};
 use crate::report::hlog::HlogWriter;
-use crate::report::summary::{AgentRecord, RunFacts, Summary};
+use crate::report::summary::{AgentRecord, PhaseStats, RunFacts, Summary};
 use crate::report::{junit, text};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub struct Collector {
     agent_rows: Vec<AgentRow>,
     agent_records: Vec<AgentRecord>,
     start_spread_ms: Option<f64>,
+    /// Per phase: counters, connect latency and reconnect attempts of the intervals that
+    /// overlap it.
+    phase_stats: Vec<PhaseStats>,
 }
 
 impl Collector {
@@ -123,6 +126,7 @@ impl Collector {
             agent_rows: Vec::new(),
             agent_records: Vec::new(),
             start_spread_ms: None,
+            phase_stats: Vec::new(),
         }
     }
 
@@ -180,6 +184,7 @@ impl Collector {
             return;
         };
         for interval in done {
+            self.add_to_phases(interval);
             let begin = Duration::from_secs(interval.seq);
             let elapsed = now.saturating_duration_since(self.start);
             let length = elapsed.saturating_sub(begin).min(Duration::from_secs(1));
@@ -209,6 +214,45 @@ impl Collector {
         }
     }
 
+    /// Adds an interval to every phase it overlaps (plan time, pauses aside).
+    fn add_to_phases(&mut self, interval: &CompletedInterval) {
+        if self.phase_stats.len() < self.spans.len() {
+            self.phase_stats
+                .resize(self.spans.len(), PhaseStats::default());
+        }
+        let (begin, end) = (
+            Duration::from_secs(interval.seq),
+            Duration::from_secs(interval.seq + 1),
+        );
+        for span in self.spans.iter().filter(|s| s.start < end && begin < s.end) {
+            let stats = &mut self.phase_stats[span.index];
+            stats.counts.add(&interval.data.totals);
+            for (slot, metric) in [
+                (&mut stats.connect, Latency::Connect),
+                (&mut stats.recovery, Latency::Recovery),
+                (&mut stats.disconnect, Latency::Disconnect),
+            ] {
+                let h = interval.data.latency.get(metric);
+                match slot {
+                    Some(mine) => {
+                        let _ = mine.add(h);
+                    }
+                    None => *slot = Some(h.clone()),
+                }
+            }
+            if stats.reconnect_attempts.is_empty() {
+                stats.reconnect_attempts = vec![0; interval.data.reconnect_attempts.len()];
+            }
+            for (mine, theirs) in stats
+                .reconnect_attempts
+                .iter_mut()
+                .zip(interval.data.reconnect_attempts)
+            {
+                *mine += theirs;
+            }
+        }
+    }
+
     fn summary(&self, elapsed: Duration, abort_reason: Option<String>) -> Summary {
         Summary::build(
             RunFacts {
@@ -227,6 +271,7 @@ impl Collector {
                 abort_reason,
                 agents: self.agent_records.clone(),
                 start_spread_ms: self.start_spread_ms,
+                phase_stats: self.phase_stats.clone(),
             },
             &self.aggregate,
         )

@@ -93,6 +93,13 @@ pub struct Counts {
     pub closed: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
+    /// Connections re-established after a failure or a close (each counts in `established`
+    /// too).
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Connections that stopped retrying: their reconnect policy ran out of attempts.
+    #[serde(default)]
+    pub given_up: u64,
     pub errors: [u64; ErrorKind::COUNT],
 }
 
@@ -103,6 +110,8 @@ impl Counts {
         self.closed += other.closed;
         self.heartbeats_sent += other.heartbeats_sent;
         self.heartbeats_answered += other.heartbeats_answered;
+        self.reconnects += other.reconnects;
+        self.given_up += other.given_up;
         for (mine, theirs) in self.errors.iter_mut().zip(other.errors) {
             *mine += theirs;
         }
@@ -126,13 +135,21 @@ pub enum Latency {
     ConnectService,
     /// From the scheduled heartbeat send to the full echo.
     HeartbeatRtt,
+    /// When each reconnection completed, counted from the start of the phase it happened in:
+    /// how long a storm, drain or cutover took to heal.
+    Recovery,
+    /// When each connection went down (kicked by a phase, or closed or failed under it),
+    /// counted from the start of its phase. With `Recovery` it gives how many were down when.
+    Disconnect,
 }
 
 impl Latency {
-    pub const ALL: [Latency; 3] = [
+    pub const ALL: [Latency; 5] = [
         Latency::Connect,
         Latency::ConnectService,
         Latency::HeartbeatRtt,
+        Latency::Recovery,
+        Latency::Disconnect,
     ];
 
     /// Tag in the hlog and key in `summary.json`.
@@ -141,6 +158,8 @@ impl Latency {
             Latency::Connect => "connect",
             Latency::ConnectService => "connect_service",
             Latency::HeartbeatRtt => "heartbeat_rtt",
+            Latency::Recovery => "recovery",
+            Latency::Disconnect => "disconnect",
         }
     }
 
@@ -150,6 +169,8 @@ impl Latency {
             Latency::Connect => "connect",
             Latency::ConnectService => "connect_service",
             Latency::HeartbeatRtt => "heartbeat",
+            Latency::Recovery => "recovery",
+            Latency::Disconnect => "disconnect",
         }
     }
 }
@@ -162,13 +183,19 @@ pub fn new_histogram() -> Histogram<u64> {
 /// One histogram per `Latency`, in microseconds.
 #[derive(Clone, Debug)]
 pub struct LatencySet {
-    pub hists: [Histogram<u64>; 3],
+    pub hists: [Histogram<u64>; 5],
 }
 
 impl Default for LatencySet {
     fn default() -> Self {
         LatencySet {
-            hists: [new_histogram(), new_histogram(), new_histogram()],
+            hists: [
+                new_histogram(),
+                new_histogram(),
+                new_histogram(),
+                new_histogram(),
+                new_histogram(),
+            ],
         }
     }
 }
@@ -204,6 +231,21 @@ pub struct IntervalData {
     pub first_attempt_us: Option<u64>,
     /// Microseconds from the run's start to the last connection established in the interval.
     pub last_established_us: Option<u64>,
+    /// Reconnections by the number of attempts they took: index `n - 1` for `n` attempts, the
+    /// last bucket for `RECONNECT_BUCKETS` or more.
+    pub reconnect_attempts: [u64; RECONNECT_BUCKETS],
+}
+
+/// Buckets of the reconnect-attempts distribution.
+pub const RECONNECT_BUCKETS: usize = 16;
+
+impl IntervalData {
+    /// Counts a reconnection that took `attempts` attempts.
+    pub fn reconnected(&mut self, source: usize, target: usize, attempts: u32) {
+        let bucket = (attempts.max(1) as usize - 1).min(RECONNECT_BUCKETS - 1);
+        self.reconnect_attempts[bucket] += 1;
+        self.count(source, target, |c| c.reconnects += 1);
+    }
 }
 
 impl IntervalData {
@@ -215,6 +257,7 @@ impl IntervalData {
             latency: LatencySet::default(),
             first_attempt_us: None,
             last_established_us: None,
+            reconnect_attempts: [0; RECONNECT_BUCKETS],
         }
     }
 
@@ -232,6 +275,13 @@ impl IntervalData {
             (a, b) => a.or(b),
         };
         self.last_established_us = self.last_established_us.max(other.last_established_us);
+        for (mine, theirs) in self
+            .reconnect_attempts
+            .iter_mut()
+            .zip(other.reconnect_attempts)
+        {
+            *mine += theirs;
+        }
     }
 
     /// Applies `f` to the run, source and target counters of one event.

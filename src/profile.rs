@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod overrides;
+pub mod reconnect;
 pub mod sources;
 pub mod threshold;
 pub mod timeline;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use duration::{DURATION_HINT, parse_duration};
+use reconnect::{RawReconnect, ReconnectPolicy};
 use sources::PortRange;
 use threshold::Threshold;
 
@@ -105,6 +107,24 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
+/// How a storm ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseMode {
+    /// A normal close (FIN).
+    Close,
+    /// An abortive close (RST, `SO_LINGER` 0).
+    Reset,
+}
+
+/// How a drain spreads its closes over the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainShape {
+    /// Evenly; with `jitter`, each close at a random moment of the window.
+    Uniform { jitter: bool },
+    /// Few at first, more and more towards the end (density rising linearly).
+    Linear,
+}
+
 /// One step of the scenario. New kinds of phase are new variants.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Phase {
@@ -112,6 +132,33 @@ pub enum Phase {
     Ramp { to: u64, rate: f64 },
     /// Keep what is open for a while.
     Hold { duration: Duration },
+    /// Drop `fraction` of the open connections at once, then let them reconnect per policy
+    /// while the phase lasts `duration`.
+    Storm {
+        fraction: f64,
+        mode: CloseMode,
+        duration: Duration,
+        reconnect: Option<ReconnectPolicy>,
+    },
+    /// Close and reconnect `fraction` of the connections spread over `over`; the phase lasts
+    /// `duration` (at least `over`).
+    Drain {
+        fraction: f64,
+        over: Duration,
+        shape: DrainShape,
+        duration: Duration,
+        reconnect: Option<ReconnectPolicy>,
+    },
+    /// Move every connection to the `to` targets: reconnects from the phase's start go there;
+    /// open connections are closed over `over` (at once when zero) unless `close` is false,
+    /// in which case only those the servers drop move.
+    Cutover {
+        to: Vec<SocketAddr>,
+        over: Duration,
+        close: bool,
+        duration: Duration,
+        reconnect: Option<ReconnectPolicy>,
+    },
 }
 
 impl Phase {
@@ -119,6 +166,19 @@ impl Phase {
         match self {
             Phase::Ramp { .. } => "ramp",
             Phase::Hold { .. } => "hold",
+            Phase::Storm { .. } => "storm",
+            Phase::Drain { .. } => "drain",
+            Phase::Cutover { .. } => "cutover",
+        }
+    }
+
+    /// The reconnect policy this phase sets, if it overrides the profile's.
+    pub fn reconnect(&self) -> Option<ReconnectPolicy> {
+        match self {
+            Phase::Storm { reconnect, .. }
+            | Phase::Drain { reconnect, .. }
+            | Phase::Cutover { reconnect, .. } => *reconnect,
+            Phase::Ramp { .. } | Phase::Hold { .. } => None,
         }
     }
 }
@@ -147,6 +207,8 @@ pub struct Profile {
     pub phases: Vec<Phase>,
     pub thresholds: Vec<Threshold>,
     pub on_agent_loss: AgentLoss,
+    /// What a failed or closed connection does; phases may override it.
+    pub reconnect: ReconnectPolicy,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +232,8 @@ struct RawProfile {
     thresholds: Vec<String>,
     #[serde(default)]
     on_agent_loss: Option<String>,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +259,52 @@ struct RawHeartbeat {
 enum RawPhase {
     Ramp(RawRamp),
     Hold(RawHold),
+    Storm(RawStorm),
+    Drain(RawDrain),
+    Cutover(RawCutover),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorm {
+    #[serde(default)]
+    fraction: Option<f64>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(rename = "for")]
+    duration: String,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    #[serde(default)]
+    fraction: Option<f64>,
+    over: String,
+    #[serde(default)]
+    shape: Option<String>,
+    #[serde(default)]
+    jitter: Option<bool>,
+    #[serde(default, rename = "for")]
+    duration: Option<String>,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCutover {
+    to: Vec<String>,
+    #[serde(default)]
+    over: Option<String>,
+    #[serde(default)]
+    close: Option<bool>,
+    #[serde(rename = "for")]
+    duration: String,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
 }
 
 #[derive(Deserialize)]
@@ -266,13 +376,25 @@ impl Profile {
         out
     }
 
+    /// Every target the plan may connect to: the profile's, then each cutover's, without repeats.
+    /// Target sets are ranges of this list (see `target_sets`).
+    pub fn cutover_targets(&self) -> Vec<Vec<SocketAddr>> {
+        self.phases
+            .iter()
+            .filter_map(|p| match p {
+                Phase::Cutover { to, .. } => Some(to.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Peak number of connections any phase asks to hold open at once.
     pub fn peak_connections(&self) -> u64 {
         self.phases
             .iter()
             .filter_map(|p| match p {
                 Phase::Ramp { to, .. } => Some(*to),
-                Phase::Hold { .. } => None,
+                _ => None,
             })
             .max()
             .unwrap_or(0)
@@ -322,6 +444,18 @@ fn json_with_overrides(text: &str, overrides: &[String]) -> Result<Value, Profil
         overrides::apply(&mut value, item)?;
     }
     Ok(value)
+}
+
+fn fraction_at(path: &str, value: Option<f64>) -> Result<f64, ProfileError> {
+    let fraction = value.unwrap_or(1.0);
+    if fraction.is_finite() && fraction > 0.0 && fraction <= 1.0 {
+        Ok(fraction)
+    } else {
+        Err(ProfileError::at(
+            path,
+            format!("{fraction} is out of range; expected a fraction above 0 and at most 1"),
+        ))
+    }
 }
 
 fn duration_at(path: &str, text: &str) -> Result<Duration, ProfileError> {
@@ -413,6 +547,101 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
             RawPhase::Hold(hold) => Phase::Hold {
                 duration: duration_at(&format!("phases[{i}].hold.for"), &hold.duration)?,
             },
+            RawPhase::Storm(storm) => {
+                let at = format!("phases[{i}].storm");
+                Phase::Storm {
+                    fraction: fraction_at(&format!("{at}.fraction"), storm.fraction)?,
+                    mode: match storm.mode.as_deref() {
+                        None | Some("close") => CloseMode::Close,
+                        Some("reset") => CloseMode::Reset,
+                        Some(other) => {
+                            return Err(ProfileError::at(
+                                format!("{at}.mode"),
+                                format!("{other:?} is not valid; expected \"close\" (FIN) or \"reset\" (RST)"),
+                            ));
+                        }
+                    },
+                    duration: duration_at(&format!("{at}.for"), &storm.duration)?,
+                    reconnect: storm
+                        .reconnect
+                        .map(|r| r.validate(&format!("{at}.reconnect")))
+                        .transpose()?,
+                }
+            }
+            RawPhase::Drain(drain) => {
+                let at = format!("phases[{i}].drain");
+                let over = duration_at(&format!("{at}.over"), &drain.over)?;
+                let duration = match drain.duration.as_deref() {
+                    None => over,
+                    Some(text) => duration_at(&format!("{at}.for"), text)?,
+                };
+                if duration < over {
+                    return Err(ProfileError::at(
+                        format!("{at}.for"),
+                        "is shorter than `over`; the phase must last at least its window",
+                    ));
+                }
+                Phase::Drain {
+                    fraction: fraction_at(&format!("{at}.fraction"), drain.fraction)?,
+                    over,
+                    shape: match drain.shape.as_deref() {
+                        None | Some("uniform") => DrainShape::Uniform {
+                            jitter: drain.jitter.unwrap_or(false),
+                        },
+                        Some("linear") if drain.jitter.is_none() => DrainShape::Linear,
+                        Some("linear") => {
+                            return Err(ProfileError::at(
+                                format!("{at}.jitter"),
+                                "`jitter` applies to the uniform shape only",
+                            ));
+                        }
+                        Some(other) => {
+                            return Err(ProfileError::at(
+                                format!("{at}.shape"),
+                                format!("{other:?} is not valid; expected \"uniform\" or \"linear\""),
+                            ));
+                        }
+                    },
+                    duration,
+                    reconnect: drain
+                        .reconnect
+                        .map(|r| r.validate(&format!("{at}.reconnect")))
+                        .transpose()?,
+                }
+            }
+            RawPhase::Cutover(cutover) => {
+                let at = format!("phases[{i}].cutover");
+                if cutover.to.is_empty() {
+                    return Err(ProfileError::at(format!("{at}.to"), "[] is empty; list the green targets as IP:port"));
+                }
+                let mut to = Vec::with_capacity(cutover.to.len());
+                for (j, text) in cutover.to.iter().enumerate() {
+                    to.push(text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0).ok_or_else(|| {
+                        ProfileError::at(format!("{at}.to[{j}]"), format!("{text:?} is not an IP:port with a non-zero port"))
+                    })?);
+                }
+                let over = match cutover.over.as_deref() {
+                    None | Some("0s") => Duration::ZERO,
+                    Some(text) => duration_at(&format!("{at}.over"), text)?,
+                };
+                let duration = duration_at(&format!("{at}.for"), &cutover.duration)?;
+                if duration < over {
+                    return Err(ProfileError::at(
+                        format!("{at}.for"),
+                        "is shorter than `over`; the phase must last at least its window",
+                    ));
+                }
+                Phase::Cutover {
+                    to,
+                    over,
+                    close: cutover.close.unwrap_or(true),
+                    duration,
+                    reconnect: cutover
+                        .reconnect
+                        .map(|r| r.validate(&format!("{at}.reconnect")))
+                        .transpose()?,
+                }
+            }
         });
     }
     let mut thresholds = Vec::with_capacity(raw.thresholds.len());
@@ -423,6 +652,11 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
             })?,
         );
     }
+    let reconnect = raw
+        .reconnect
+        .map(|r| r.validate("reconnect"))
+        .transpose()?
+        .unwrap_or_default();
     let on_agent_loss = match raw.on_agent_loss.as_deref() {
         None | Some("continue") => AgentLoss::Continue,
         Some("abort") => AgentLoss::Abort,
@@ -445,6 +679,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         phases,
         thresholds,
         on_agent_loss,
+        reconnect,
     })
 }
 
@@ -624,7 +859,7 @@ mod tests {
             .iter()
             .map(|s| match s.phases[0] {
                 Phase::Ramp { rate, .. } => rate,
-                Phase::Hold { .. } => 0.0,
+                _ => 0.0,
             })
             .sum();
         assert!((rates - 100.0).abs() < 1e-9);

@@ -113,8 +113,16 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
         (None, TargetSpec::Embedded) => vec![SocketAddr::from(([127, 0, 0, 1], 1))],
         (None, TargetSpec::Addrs(addrs)) => addrs.clone(),
     };
+    // Cutovers add target sets after the profile's own.
+    let mut sizes = vec![targets.len()];
+    let mut targets = targets;
+    for green in profile.cutover_targets() {
+        sizes.push(green.len());
+        targets.extend(green);
+    }
     let pool = SourcePool::new(&profile.sources, &targets, host::ephemeral_port_range())
-        .map_err(|e| RunError::Plan(e.to_string()))?;
+        .map_err(|e| RunError::Plan(e.to_string()))?
+        .with_sets(&sizes);
     if !input.allow_overcommit {
         pool.check(peak)
             .map_err(|e| RunError::Plan(e.to_string()))?;
@@ -177,12 +185,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .collect();
     let target_labels: Vec<String> = pool.targets.iter().map(ToString::to_string).collect();
 
-    let plan = Arc::new(EnginePlan {
-        spans: spans.clone(),
-        pool,
-        heartbeat: profile.heartbeat,
-        connect_timeout: profile.connect_timeout,
-    });
+    let plan = Arc::new(EnginePlan::new(profile, pool));
     let workers = preflight.workers;
     let (snapshot_tx, mut snapshot_rx) = mpsc::unbounded_channel();
     // A short lead so every worker thread is up before the first planned attempt.

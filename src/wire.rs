@@ -85,6 +85,8 @@ pub struct WireInterval {
     pub histograms: Vec<String>,
     pub first_attempt_us: Option<u64>,
     pub last_established_us: Option<u64>,
+    #[serde(default)]
+    pub reconnect_attempts: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -265,13 +267,15 @@ impl WireInterval {
             histograms: data.latency.hists.iter().map(encode_histogram).collect(),
             first_attempt_us: data.first_attempt_us,
             last_established_us: data.last_established_us,
+            reconnect_attempts: data.reconnect_attempts.to_vec(),
         }
     }
 
     pub fn decode(&self) -> Result<IntervalData, WireError> {
-        if self.histograms.len() != 3 {
+        let expected = crate::metrics::Latency::ALL.len();
+        if self.histograms.len() != expected {
             return Err(WireError::Malformed(format!(
-                "{} histograms instead of 3",
+                "{} histograms instead of {expected}",
                 self.histograms.len()
             )));
         }
@@ -286,6 +290,13 @@ impl WireInterval {
             latency,
             first_attempt_us: self.first_attempt_us,
             last_established_us: self.last_established_us,
+            reconnect_attempts: {
+                let mut buckets = [0u64; crate::metrics::RECONNECT_BUCKETS];
+                for (slot, n) in buckets.iter_mut().zip(&self.reconnect_attempts) {
+                    *slot = *n;
+                }
+                buckets
+            },
         })
     }
 }

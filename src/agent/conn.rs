@@ -18,6 +18,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::shard::Shard;
 use crate::metrics::{ErrorKind, Latency};
+use crate::profile::reconnect::ReconnectPolicy;
 
 /// Spreads heartbeat start times by the golden ratio so that no two slots line up.
 fn heartbeat_offset(slot: u64, interval: Duration) -> Duration {
@@ -42,55 +43,78 @@ fn from_schedule(scheduled: Instant, started: Instant, now: Instant) -> Duration
     now.saturating_duration_since(scheduled) - lag.min(TIMER_GRANULARITY)
 }
 
-/// Keeps the worker's open gauge right however the connection ends, aborts included.
-struct OpenGuard<'a> {
-    shard: &'a Shard,
-    slot: u64,
-}
-
-impl<'a> OpenGuard<'a> {
-    fn new(shard: &'a Shard, slot: u64) -> OpenGuard<'a> {
-        shard.open.set(shard.open.get() + 1);
-        OpenGuard { shard, slot }
+/// Runs slot `slot` from `intended` (its planned attempt, or for `reconnecting`, the moment it
+/// was closed) until it is given up, stopped by the plan, or the run ends. Every failure and
+/// every close by the peer goes through the reconnect policy in force.
+pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnecting: bool) {
+    // One timer for the whole life: backoff, connect timeout, heartbeat waits, echo timeouts.
+    // Its deadline also carries each attempt's planned instant into `establish`.
+    let timer = sleep_until(intended);
+    tokio::pin!(timer);
+    // Attempts since the last success: 0 for a first connection.
+    let mut attempt = u32::from(reconnecting);
+    let mut previous_ms = 0u32;
+    loop {
+        if attempt > 0 {
+            let Some(wait) = backoff(&shard, slot, attempt, &mut previous_ms) else {
+                return;
+            };
+            timer.as_mut().reset(Instant::now() + wait);
+            timer.as_mut().await;
+        }
+        let set = shard.target_set.get() as u8;
+        if let Some(stream) = establish(&shard, slot, set as usize, attempt, timer.as_mut()).await {
+            attempt = 0;
+            if let Err(kind) = hold(&shard, stream, slot, set, timer.as_mut()).await {
+                let (source, target) = shard.plan.pool.pair_in(slot, set as usize);
+                shard.fail(source, target, kind);
+                shard.went_down();
+            }
+        }
+        attempt += 1;
     }
 }
 
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.shard.open.set(self.shard.open.get() - 1);
-        if !self.shard.tearing_down.get() {
-            let (source, target) = self.shard.plan.pool.pair(self.slot);
-            self.shard
-                .data
-                .borrow_mut()
-                .count(source, target, |c| c.closed += 1);
+/// The wait before reconnect attempt `attempt` under the policy in force, or `None` to give up
+/// (counted unless the policy is never to reconnect).
+fn backoff(shard: &Shard, slot: u64, attempt: u32, previous_ms: &mut u32) -> Option<Duration> {
+    let policy = shard.policy.get();
+    let previous = Duration::from_millis(u64::from(*previous_ms));
+    match policy.delay(attempt, previous, shard.random(slot)) {
+        Some(wait) => {
+            *previous_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+            Some(wait)
+        }
+        None => {
+            if policy != ReconnectPolicy::Never {
+                let (source, target) = shard.plan.pool.pair_in(slot, shard.target_set.get());
+                shard
+                    .data
+                    .borrow_mut()
+                    .count(source, target, |c| c.given_up += 1);
+            }
+            None
         }
     }
 }
 
-/// Runs slot `slot`, whose attempt was planned for `intended`.
-pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant) {
-    // One timer for the whole life: connect timeout, then heartbeat waits and echo timeouts.
-    let timer = sleep_until(intended + shard.plan.connect_timeout);
-    tokio::pin!(timer);
-    let Some(stream) = establish(&shard, slot, intended, timer.as_mut()).await else {
-        return;
-    };
-    if let Err(kind) = hold(&shard, stream, slot, timer).await {
-        let (source, target) = shard.plan.pool.pair(slot);
-        shard.fail(source, target, kind);
-    }
-}
-
-/// Connects slot `slot` and records the attempt; `None` if it failed (counted by kind).
-async fn establish(
-    shard: &Shard,
+/// Starts connecting slot `slot` in target set `set` and counts the attempt. The timer's
+/// deadline on entry is the attempt's planned instant. Returns the connect in flight, a small
+/// hand-written future; if the kernel refused at once, the failure is already counted and the
+/// future resolves to `None` straight away.
+fn establish<'a>(
+    shard: &'a Shard,
     slot: u64,
-    intended: Instant,
-    mut timer: Pin<&mut Sleep>,
-) -> Option<TcpStream> {
-    let (source, target) = shard.plan.pool.pair(slot);
+    set: usize,
+    attempt: u32,
+    mut timer: Pin<&'a mut Sleep>,
+) -> Connecting<'a> {
+    let (source, target) = shard.plan.pool.pair_in(slot, set);
     let began = Instant::now();
+    // Start lag beyond the timer's grid counts against the target (coordinated omission).
+    let lag = began
+        .saturating_duration_since(timer.deadline())
+        .saturating_sub(TIMER_GRANULARITY);
     {
         let mut data = shard.data.borrow_mut();
         data.count(source, target, |c| c.attempts += 1);
@@ -98,61 +122,88 @@ async fn establish(
             data.first_attempt_us = Some(micros(began.saturating_duration_since(shard.start)));
         }
     }
-    timer.as_mut().reset(began + shard.plan.connect_timeout);
-    let stream = match connect(shard, source as u32, target as u32, timer).await {
-        Ok(stream) => stream,
-        Err(kind) => {
-            shard.fail(source, target, kind);
-            return None;
+    let pool = &shard.plan.pool;
+    let stream = match super::socket::start_connect(
+        pool.sources[source],
+        pool.targets[target],
+        pool.port_range,
+    ) {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            shard.fail(source, target, ErrorKind::from_io(&e));
+            None
         }
     };
-    let now = Instant::now();
-    let mut data = shard.data.borrow_mut();
-    data.latency.record(
-        Latency::Connect,
-        micros(from_schedule(intended, began, now)),
-    );
-    data.latency
-        .record(Latency::ConnectService, micros(now - began));
-    data.count(source, target, |c| c.established += 1);
-    data.last_established_us = Some(micros(now.saturating_duration_since(shard.start)));
-    Some(stream)
+    timer.as_mut().reset(began + shard.plan.connect_timeout);
+    Connecting {
+        shard,
+        stream,
+        began,
+        timer,
+        lag_us: u32::try_from(lag.as_micros()).unwrap_or(u32::MAX),
+        attempt,
+        source: source as u32,
+        target: target as u32,
+    }
 }
 
-async fn connect(
-    shard: &Shard,
+/// A connect in flight: resolves to the established stream, or `None` once the failure is
+/// counted. Readiness is polled directly rather than through `writable()`, whose waiter node
+/// would sit in every connection's future for its whole life.
+struct Connecting<'a> {
+    shard: &'a Shard,
+    stream: Option<TcpStream>,
+    began: Instant,
+    timer: Pin<&'a mut Sleep>,
+    lag_us: u32,
+    attempt: u32,
     source: u32,
     target: u32,
-    timer: Pin<&mut Sleep>,
-) -> Result<TcpStream, ErrorKind> {
-    let pool = &shard.plan.pool;
-    let stream = super::socket::start_connect(
-        pool.sources[source as usize],
-        pool.targets[target as usize],
-        pool.port_range,
-    )
-    .map_err(|e| ErrorKind::from_io(&e))?;
-    // Poll readiness directly rather than through `writable()`, whose waiter node would sit in
-    // every connection's future for its whole life.
-    let mut timer = timer;
-    let ready = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = stream.poll_write_ready(cx) {
-            return Poll::Ready(Some(result));
-        }
-        if timer.as_mut().poll(cx).is_ready() {
+}
+
+impl Future for Connecting<'_> {
+    type Output = Option<TcpStream>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (source, target) = (this.source as usize, this.target as usize);
+        let Some(stream) = this.stream.as_ref() else {
+            return Poll::Ready(None);
+        };
+        let failure = match stream.poll_write_ready(cx) {
+            Poll::Ready(Ok(())) => match stream.take_error() {
+                Ok(None) => None,
+                Ok(Some(e)) | Err(e) => Some(ErrorKind::from_io(&e)),
+            },
+            Poll::Ready(Err(e)) => Some(ErrorKind::from_io(&e)),
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Some(ErrorKind::ConnectTimeout)
+            }
+        };
+        let shard = this.shard;
+        if let Some(kind) = failure {
+            this.stream = None;
+            shard.fail(source, target, kind);
             return Poll::Ready(None);
         }
-        Poll::Pending
-    })
-    .await;
-    match ready {
-        Some(Ok(())) => {}
-        Some(Err(e)) => return Err(ErrorKind::from_io(&e)),
-        None => return Err(ErrorKind::ConnectTimeout),
-    }
-    match stream.take_error() {
-        Ok(None) => Ok(stream),
-        Ok(Some(e)) | Err(e) => Err(ErrorKind::from_io(&e)),
+        let now = Instant::now();
+        let service = now - this.began;
+        let mut data = shard.data.borrow_mut();
+        data.latency
+            .record(Latency::Connect, micros(service) + u64::from(this.lag_us));
+        data.latency
+            .record(Latency::ConnectService, micros(service));
+        data.count(source, target, |c| c.established += 1);
+        if this.attempt > 0 {
+            data.reconnected(source, target, this.attempt);
+            let since_phase = now.saturating_duration_since(shard.phase_started.get());
+            data.latency.record(Latency::Recovery, micros(since_phase));
+        }
+        data.last_established_us = Some(micros(now.saturating_duration_since(shard.start)));
+        Poll::Ready(this.stream.take())
     }
 }
 
@@ -176,14 +227,18 @@ fn drain(stream: &mut TcpStream, cx: &mut Context<'_>, got: &mut usize) -> Poll<
 }
 
 /// Holds an established connection: heartbeats if the plan has them, and in any case notices
-/// at once when the peer goes away.
-async fn hold(
-    shard: &Shard,
+/// at once when the peer goes away. A plain function returning the state machine, so no extra
+/// async frame wraps it.
+fn hold<'a>(
+    shard: &'a Shard,
     stream: TcpStream,
     slot: u64,
-    mut timer: Pin<&mut Sleep>,
-) -> Result<(), ErrorKind> {
-    let _open = OpenGuard::new(shard, slot);
+    set: u8,
+    mut timer: Pin<&'a mut Sleep>,
+) -> Held<'a> {
+    use std::os::fd::AsRawFd;
+    shard.open.set(shard.open.get() + 1);
+    shard.set_fd(slot, stream.as_raw_fd());
     let offset = shard
         .plan
         .heartbeat
@@ -194,6 +249,7 @@ async fn hold(
         shard,
         stream,
         slot,
+        set,
         timer,
         scheduled,
         sent_at: scheduled,
@@ -203,7 +259,23 @@ async fn hold(
             Beat::Silent
         },
     }
-    .await
+}
+
+/// Keeps the worker's open gauge and the slot's socket registry right however the connection
+/// ends, aborts included.
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let shard = self.shard;
+        shard.open.set(shard.open.get() - 1);
+        shard.set_fd(self.slot, -1);
+        if !shard.tearing_down.get() {
+            let (source, target) = shard.plan.pool.pair_in(self.slot, self.set as usize);
+            shard
+                .data
+                .borrow_mut()
+                .count(source, target, |c| c.closed += 1);
+        }
+    }
 }
 
 /// Where a held connection is in its heartbeat cycle.
@@ -225,6 +297,7 @@ struct Held<'a> {
     shard: &'a Shard,
     stream: TcpStream,
     slot: u64,
+    set: u8,
     timer: Pin<&'a mut Sleep>,
     scheduled: Instant,
     sent_at: Instant,
@@ -253,7 +326,7 @@ impl Future for Held<'_> {
                         return Poll::Pending;
                     }
                     this.sent_at = Instant::now();
-                    let (source, target) = shard.plan.pool.pair(this.slot);
+                    let (source, target) = shard.plan.pool.pair_in(this.slot, this.set as usize);
                     shard
                         .data
                         .borrow_mut()
@@ -294,7 +367,7 @@ impl Future for Held<'_> {
                             .map(|()| Err(ErrorKind::HeartbeatTimeout));
                     }
                     let now = Instant::now();
-                    let (source, target) = shard.plan.pool.pair(this.slot);
+                    let (source, target) = shard.plan.pool.pair_in(this.slot, this.set as usize);
                     {
                         let mut data = shard.data.borrow_mut();
                         // From the scheduled send, so a late send counts against us.
@@ -352,26 +425,24 @@ mod tests {
     async fn future_stays_small() {
         use crate::agent::EnginePlan;
         use crate::agent::pool::SourcePool;
-        use crate::profile::{Heartbeat, SourceSpec};
+        use crate::profile::SourceSpec;
         let pool = SourcePool::new(
             &SourceSpec::default(),
             &["127.0.0.1:9".parse().unwrap()],
             crate::host::ephemeral_port_range(),
         )
         .unwrap();
-        let plan = std::sync::Arc::new(EnginePlan {
-            spans: Vec::new(),
-            pool,
-            heartbeat: Some(Heartbeat {
-                interval: Duration::from_secs(1),
-                payload_bytes: 16,
-                timeout: Duration::from_secs(1),
-            }),
-            connect_timeout: Duration::from_secs(1),
-        });
-        let shard = Rc::new(Shard::new(plan, Instant::now()));
-        let future = run(shard, 0, Instant::now());
+        let profile = crate::profile::Profile::from_value(serde_json::json!({
+            "name": "size", "target": {"addrs": ["127.0.0.1:9"]}, "connections": 1,
+            "heartbeat": {"interval": "1s"},
+            "reconnect": {"policy": "exponential", "jitter": "decorrelated"},
+            "phases": [{"hold": {"for": "1s"}}]
+        }))
+        .unwrap();
+        let plan = std::sync::Arc::new(EnginePlan::new(&profile, pool));
+        let shard = Rc::new(Shard::new(plan, Instant::now(), 1));
+        let future = run(shard, 0, Instant::now(), false);
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 384, "the connection future is {size} bytes");
+        assert!(size <= 352, "the connection future is {size} bytes");
     }
 }

@@ -39,6 +39,9 @@ pub struct SourcePool {
     pub ports_per_pair: u64,
     /// The system's `net.ipv4.ip_local_port_range`.
     pub system_range: PortRange,
+    /// Target sets (indices into `targets`): set 0 is the profile's targets, later sets are
+    /// cutovers' green targets. A connection uses one set, the one active when it connects.
+    sets: Vec<Vec<usize>>,
 }
 
 impl SourcePool {
@@ -91,15 +94,45 @@ impl SourcePool {
             port_range,
             ports_per_pair,
             system_range,
+            sets: vec![(0..targets.len()).collect()],
         })
+    }
+
+    /// Splits `targets` into sets: `sizes[i]` consecutive targets each, in order.
+    pub fn with_sets(mut self, sizes: &[usize]) -> SourcePool {
+        let mut next = 0;
+        let sets: Vec<Vec<usize>> = sizes
+            .iter()
+            .map(|n| {
+                let set: Vec<usize> = (next..next + n).collect();
+                next += n;
+                set
+            })
+            .filter(|set| !set.is_empty() && set.iter().all(|t| *t < self.targets.len()))
+            .collect();
+        if !sets.is_empty() {
+            self.sets = sets;
+        }
+        self
+    }
+
+    pub fn set_count(&self) -> usize {
+        self.sets.len()
     }
 
     /// The (source index, target index) of connection slot `slot`. Consecutive slots rotate
     /// over targets, then over each target's sources, so every pair fills evenly.
     #[inline]
     pub fn pair(&self, slot: u64) -> (usize, usize) {
-        let targets = self.targets.len() as u64;
-        let target = (slot % targets) as usize;
+        self.pair_in(slot, 0)
+    }
+
+    /// Like `pair`, within target set `set` (a cutover's green targets).
+    #[inline]
+    pub fn pair_in(&self, slot: u64, set: usize) -> (usize, usize) {
+        let set = &self.sets[set.min(self.sets.len() - 1)];
+        let targets = set.len() as u64;
+        let target = set[(slot % targets) as usize];
         let fits = &self.compatible[target];
         let source = fits[((slot / targets) % fits.len() as u64) as usize];
         (source, target)
@@ -120,16 +153,17 @@ impl SourcePool {
             .sum()
     }
 
-    /// Busiest (source, target) pair's share of `connections`.
+    /// Busiest (source, target) pair's share of `connections`, in the busiest target set.
     pub fn busiest_pair(&self, connections: u64) -> u64 {
-        let targets = self.targets.len() as u64;
-        self.compatible
+        self.sets
             .iter()
-            .enumerate()
-            .map(|(t, fits)| {
-                let per_target =
-                    connections / targets + u64::from((t as u64) < connections % targets);
-                per_target.div_ceil(fits.len() as u64)
+            .flat_map(|set| {
+                let targets = set.len() as u64;
+                set.iter().enumerate().map(move |(i, t)| {
+                    let per_target =
+                        connections / targets + u64::from((i as u64) < connections % targets);
+                    per_target.div_ceil(self.compatible[*t].len() as u64)
+                })
             })
             .max()
             .unwrap_or(0)

@@ -396,12 +396,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     };
     let spans = timeline::spans(&profile);
     let workers = checked.workers;
-    let engine_plan = Arc::new(EnginePlan {
-        spans: spans.clone(),
-        pool,
-        heartbeat: profile.heartbeat,
-        connect_timeout: profile.connect_timeout,
-    });
+    let engine_plan = Arc::new(EnginePlan::new(&profile, pool));
     let (snapshot_tx, mut snapshot_rx) = mpsc::unbounded_channel();
     let engine = Engine::start(engine_plan, workers, start, snapshot_tx)
         .map_err(|e| exit(3, format!("cannot start worker threads: {e}")))?;

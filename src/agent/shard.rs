@@ -16,7 +16,9 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{EngineControl, EnginePlan};
 use crate::metrics::{ErrorKind, IntervalData, IntervalSnapshot};
+use crate::profile::reconnect::ReconnectPolicy;
 use crate::profile::timeline::{self, SlotAction, WorkerSchedule};
+use std::os::fd::RawFd;
 
 /// State shared by the shard's connection tasks. Single-threaded: only this shard's tasks touch
 /// it.
@@ -32,10 +34,23 @@ pub(crate) struct Shard {
     pub payload: Box<[u8]>,
     /// The run's start, which event offsets count from.
     pub start: Instant,
+    /// How many workers share the slots: slot `s` lives at index `s / workers` here.
+    pub workers: u64,
+    /// The reconnect policy in force (the profile's, or the current phase's).
+    pub policy: Cell<ReconnectPolicy>,
+    /// The target set new connections use (0, then one more per cutover).
+    pub target_set: Cell<usize>,
+    /// The socket of each established slot (-1 when none), so a reset storm can set
+    /// `SO_LINGER` 0 before the close. Written by connection tasks, read by the shard loop.
+    pub fds: RefCell<Vec<RawFd>>,
+    /// Feeds jitter: a different number for every backoff.
+    draws: Cell<u64>,
+    /// When the phase now playing started (reconnections are timed from it).
+    pub phase_started: Cell<Instant>,
 }
 
 impl Shard {
-    pub fn new(plan: Arc<EnginePlan>, start: Instant) -> Shard {
+    pub fn new(plan: Arc<EnginePlan>, start: Instant, workers: usize) -> Shard {
         let payload_len = plan.heartbeat.map_or(0, |h| h.payload_bytes as usize);
         Shard {
             data: RefCell::new(IntervalData::new(
@@ -46,8 +61,41 @@ impl Shard {
             tearing_down: Cell::new(false),
             payload: vec![b'h'; payload_len].into_boxed_slice(),
             start,
+            workers: workers.max(1) as u64,
+            policy: Cell::new(plan.profile.reconnect),
+            target_set: Cell::new(0),
+            fds: RefCell::new(Vec::new()),
+            draws: Cell::new(0),
+            phase_started: Cell::new(start),
             plan,
         }
+    }
+
+    /// Records that a connection went down now (for the phase's recovery figures).
+    pub fn went_down(&self) {
+        let since = Instant::now().saturating_duration_since(self.phase_started.get());
+        self.data.borrow_mut().latency.record(
+            crate::metrics::Latency::Disconnect,
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
+    /// A fresh uniform random `u64` for backoff jitter.
+    pub fn random(&self, slot: u64) -> u64 {
+        let n = self.draws.get().wrapping_add(1);
+        self.draws.set(n);
+        let unit = crate::profile::timeline::unit_random(slot.rotate_left(32) ^ n);
+        (unit * u64::MAX as f64) as u64
+    }
+
+    /// Records the socket of an established slot (or -1 when it closes).
+    pub fn set_fd(&self, slot: u64, fd: RawFd) {
+        let index = (slot / self.workers) as usize;
+        let mut fds = self.fds.borrow_mut();
+        if fds.len() <= index {
+            fds.resize(index + 1, -1);
+        }
+        fds[index] = fd;
     }
 
     pub fn fail(&self, source: usize, target: usize, kind: ErrorKind) {
@@ -71,9 +119,9 @@ pub(crate) async fn run(
     snapshot_tx: mpsc::UnboundedSender<IntervalSnapshot>,
     mut control_rx: watch::Receiver<EngineControl>,
 ) {
-    let shard = Rc::new(Shard::new(plan.clone(), start));
+    let shard = Rc::new(Shard::new(plan.clone(), start, workers));
     let total = timeline::total(&plan.spans);
-    let mut schedule = WorkerSchedule::new(&plan.spans, worker, workers).peekable();
+    let mut schedule = WorkerSchedule::new(&plan.profile, &plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.
     let mut slots: Vec<Option<AbortHandle>> = Vec::new();
     let mut seq = 0u64;
@@ -132,6 +180,7 @@ pub(crate) async fn run(
                                 shard.clone(),
                                 event.slot,
                                 origin + event.at,
+                                false,
                             ));
                             if slots.len() <= index {
                                 slots.resize(index + 1, None);
@@ -141,6 +190,39 @@ pub(crate) async fn run(
                         SlotAction::Close => {
                             if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
                                 handle.abort();
+                            }
+                        }
+                        SlotAction::Kick { reset } => {
+                            // Only established connections: one waiting to reconnect keeps
+                            // its own backoff.
+                            let fd = shard.fds.borrow().get(index).copied().unwrap_or(-1);
+                            if fd < 0 {
+                                continue;
+                            }
+                            if reset {
+                                super::socket::set_linger_zero(fd);
+                            }
+                            shard.went_down();
+                            if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
+                                handle.abort();
+                            }
+                            let task = tokio::task::spawn_local(super::conn::run(
+                                shard.clone(),
+                                event.slot,
+                                now,
+                                true,
+                            ));
+                            slots[index] = Some(task.abort_handle());
+                        }
+                        SlotAction::PhaseStart { phase } => {
+                            let profile = &shard.plan.profile;
+                            shard.phase_started.set(origin + event.at);
+                            if let Some(p) = profile.phases.get(phase) {
+                                shard.policy.set(p.reconnect().unwrap_or(profile.reconnect));
+                                if matches!(p, crate::profile::Phase::Cutover { .. }) {
+                                    let next = shard.target_set.get() + 1;
+                                    shard.target_set.set(next.min(shard.plan.pool.set_count() - 1));
+                                }
                             }
                         }
                     }

@@ -100,6 +100,25 @@ fn bound_socket(
     Ok(socket)
 }
 
+/// Makes the next close of `fd` abortive (RST instead of FIN): `SO_LINGER` on, zero seconds.
+/// The caller guarantees `fd` is an open socket it is about to close.
+pub fn set_linger_zero(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is open (the caller's contract) and we pass a linger struct of its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// Checks once, before a run, that this kernel takes `IP_LOCAL_PORT_RANGE`.
 pub fn probe_port_range_support(range: PortRange) -> Result<(), String> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{Phase, Profile};
+use super::{CloseMode, DrainShape, Phase, Profile};
 
 /// One phase placed on the run's clock (offsets from the run's start).
 #[derive(Clone, Debug, PartialEq)]
@@ -56,7 +56,10 @@ pub fn spans(profile: &Profile) -> Vec<PhaseSpan> {
                     rate: Some(*rate),
                 }
             }
-            Phase::Hold { duration } => PhaseSpan {
+            Phase::Hold { duration }
+            | Phase::Storm { duration, .. }
+            | Phase::Drain { duration, .. }
+            | Phase::Cutover { duration, .. } => PhaseSpan {
                 index,
                 kind: phase.kind(),
                 start: clock,
@@ -92,6 +95,14 @@ pub fn total(spans: &[PhaseSpan]) -> Duration {
 pub enum SlotAction {
     Open,
     Close,
+    /// Close the connection (abortively if `reset`) and let it reconnect per policy.
+    Kick {
+        reset: bool,
+    },
+    /// Phase `phase` starts (once per worker, `slot` unused): set its policy and targets.
+    PhaseStart {
+        phase: usize,
+    },
 }
 
 /// A planned action on connection slot `slot`, `at` an offset from the run's start.
@@ -102,26 +113,120 @@ pub struct SlotEvent {
     pub action: SlotAction,
 }
 
+/// A well-spread number in [0, 1) for `slot` (an additive recurrence): used to pick which
+/// slots a storm or drain takes and when, so every worker decides alike with no coordination.
+fn spread(slot: u64, step: f64) -> f64 {
+    ((slot + 1) as f64 * step).fract()
+}
+
+/// Whether a storm or drain of `fraction` takes `slot`.
+pub fn selected(slot: u64, fraction: f64) -> bool {
+    fraction >= 1.0 || spread(slot, 0.754_877_666_246_692_7) < fraction
+}
+
+/// A uniform pseudo-random number in [0, 1) from a 64-bit seed (splitmix64).
+pub fn unit_random(seed: u64) -> f64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// When in a drain window of length `over` slot `slot` is closed.
+pub fn drain_offset(slot: u64, over: Duration, shape: DrainShape) -> Duration {
+    let u = match shape {
+        DrainShape::Uniform { jitter: false } => spread(slot, 0.569_840_290_998_053_2),
+        DrainShape::Uniform { jitter: true } => unit_random(slot ^ 0x5eed),
+        // Density rising linearly: the inverse of F(t) = t^2.
+        DrainShape::Linear => spread(slot, 0.569_840_290_998_053_2).sqrt(),
+    };
+    over.mul_f64(u)
+}
+
 /// The events of worker `worker` out of `workers`: slots `i` with `i % workers == worker`, in
-/// time order. Ramps up open the lowest free slots first; ramps down close the highest.
+/// time order. Ramps up open the lowest free slots first; ramps down close the highest. Storms,
+/// drains and cutovers kick the selected slots among those open.
 pub struct WorkerSchedule<'a> {
+    profile: &'a Profile,
     spans: &'a [PhaseSpan],
     workers: u64,
     worker: u64,
     span: usize,
-    /// Position inside the current span, in units of "connections moved".
+    /// Position inside the current ramp, in units of "connections moved".
     step: u64,
+    /// Events of the current span already laid out (non-ramp spans), in time order.
+    queue: std::collections::VecDeque<SlotEvent>,
+    entered: bool,
 }
 
 impl<'a> WorkerSchedule<'a> {
-    pub fn new(spans: &'a [PhaseSpan], worker: usize, workers: usize) -> WorkerSchedule<'a> {
+    pub fn new(
+        profile: &'a Profile,
+        spans: &'a [PhaseSpan],
+        worker: usize,
+        workers: usize,
+    ) -> WorkerSchedule<'a> {
         WorkerSchedule {
+            profile,
             spans,
             workers: workers as u64,
             worker: worker as u64,
             span: 0,
             step: 0,
+            queue: Default::default(),
+            entered: false,
         }
+    }
+
+    fn own_slots(&self, level: u64) -> impl Iterator<Item = u64> + use<> {
+        let (worker, workers) = (self.worker, self.workers);
+        (worker..level).step_by(workers as usize)
+    }
+
+    /// Lays out the kicks of a storm, drain or cutover span.
+    fn lay_out(&mut self, span: &PhaseSpan) {
+        let mut events: Vec<SlotEvent> = match self.profile.phases.get(span.index) {
+            Some(Phase::Storm { fraction, mode, .. }) => self
+                .own_slots(span.to)
+                .filter(|s| selected(*s, *fraction))
+                .map(|slot| SlotEvent {
+                    at: span.start,
+                    slot,
+                    action: SlotAction::Kick {
+                        reset: *mode == CloseMode::Reset,
+                    },
+                })
+                .collect(),
+            Some(Phase::Drain {
+                fraction,
+                over,
+                shape,
+                ..
+            }) => self
+                .own_slots(span.to)
+                .filter(|s| selected(*s, *fraction))
+                .map(|slot| SlotEvent {
+                    at: span.start + drain_offset(slot, *over, *shape),
+                    slot,
+                    action: SlotAction::Kick { reset: false },
+                })
+                .collect(),
+            Some(Phase::Cutover {
+                over, close: true, ..
+            }) => self
+                .own_slots(span.to)
+                .map(|slot| SlotEvent {
+                    at: span.start
+                        + drain_offset(slot, *over, DrainShape::Uniform { jitter: false }),
+                    slot,
+                    action: SlotAction::Kick { reset: false },
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        events.sort_by_key(|e| (e.at, e.slot));
+        self.queue.extend(events);
     }
 }
 
@@ -130,29 +235,42 @@ impl Iterator for WorkerSchedule<'_> {
 
     fn next(&mut self) -> Option<SlotEvent> {
         loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
             let span = self.spans.get(self.span)?;
-            let Some(rate) = span.rate else {
-                self.span += 1;
-                self.step = 0;
-                continue;
-            };
-            let delta = span.from.abs_diff(span.to);
-            // Find the next step in this span whose slot belongs to this worker.
-            while self.step < delta {
-                let step = self.step;
-                self.step += 1;
-                let (slot, action) = if span.to > span.from {
-                    (span.from + step, SlotAction::Open)
-                } else {
-                    (span.from - 1 - step, SlotAction::Close)
-                };
-                if slot % self.workers == self.worker {
-                    let at = span.start + Duration::from_secs_f64(step as f64 / rate);
-                    return Some(SlotEvent { at, slot, action });
+            if !self.entered {
+                self.entered = true;
+                if span.rate.is_none() {
+                    let span = span.clone();
+                    self.lay_out(&span);
+                }
+                return Some(SlotEvent {
+                    at: span.start,
+                    slot: 0,
+                    action: SlotAction::PhaseStart { phase: span.index },
+                });
+            }
+            if let Some(rate) = span.rate {
+                let delta = span.from.abs_diff(span.to);
+                // Find the next step in this span whose slot belongs to this worker.
+                while self.step < delta {
+                    let step = self.step;
+                    self.step += 1;
+                    let (slot, action) = if span.to > span.from {
+                        (span.from + step, SlotAction::Open)
+                    } else {
+                        (span.from - 1 - step, SlotAction::Close)
+                    };
+                    if slot % self.workers == self.worker {
+                        let at = span.start + Duration::from_secs_f64(step as f64 / rate);
+                        return Some(SlotEvent { at, slot, action });
+                    }
                 }
             }
             self.span += 1;
             self.step = 0;
+            self.entered = false;
         }
     }
 }
@@ -192,8 +310,11 @@ mod tests {
         let p =
             profile(r#"[{"ramp":{"rate":10}},{"hold":{"for":"1s"}},{"ramp":{"to":6,"rate":4}}]"#);
         let s = spans(&p);
-        let mut all: Vec<SlotEvent> = (0..3).flat_map(|w| WorkerSchedule::new(&s, w, 3)).collect();
+        let mut all: Vec<SlotEvent> = (0..3)
+            .flat_map(|w| WorkerSchedule::new(&p, &s, w, 3))
+            .collect();
         all.sort_by_key(|e| (e.at, e.slot));
+        all.retain(|e| !matches!(e.action, SlotAction::PhaseStart { .. }));
         let opens: Vec<u64> = all
             .iter()
             .filter(|e| e.action == SlotAction::Open)

@@ -96,7 +96,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(histograms, 6);
+        assert_eq!(histograms, 2 * Latency::ALL.len());
         assert_eq!(connect_total, 2);
     }
 }

@@ -91,6 +91,8 @@ pub struct LatencySummary {
     pub connect: LatencyStats,
     pub connect_service: LatencyStats,
     pub heartbeat_rtt: LatencyStats,
+    /// When reconnections completed, from the start of their phase.
+    pub recovery: LatencyStats,
 }
 
 impl LatencySummary {
@@ -117,6 +119,10 @@ pub struct ConnectionCounts {
     pub last_established_s: Option<f64>,
     /// Established connections per second between those two moments.
     pub connects_per_s: Option<f64>,
+    /// Re-established after a failure or close (also counted in `established`).
+    pub reconnects: u64,
+    /// Stopped retrying when the reconnect policy ran out of attempts.
+    pub given_up: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -168,6 +174,67 @@ pub struct PhaseRecord {
     /// Connections wanted open at the phase's start and end.
     pub from: u64,
     pub to: u64,
+    /// The busiest second's established connections (per-second resolution).
+    pub peak_connects_per_s: u64,
+    /// Seconds from the phase's start until at least 99% (and all) of `to` were open again for
+    /// good; 0 if the count never fell below; null if it had not recovered by the run's end.
+    /// Per-second resolution; reported for storms, drains and cutovers.
+    pub recovery_99_s: Option<f64>,
+    pub recovery_100_s: Option<f64>,
+    /// Connect latency of the attempts made during the phase.
+    pub connect_p99_us: Option<u64>,
+    pub errors: ErrorCounts,
+    pub reconnects: u64,
+    pub given_up: u64,
+    /// Reconnections by attempts taken: element `n - 1` counts those that took `n` attempts
+    /// (the last element: that many or more).
+    pub reconnect_attempts: Vec<u64>,
+}
+
+/// What the collector gathered for one phase, interval by interval.
+#[derive(Clone, Debug, Default)]
+pub struct PhaseStats {
+    pub counts: Counts,
+    pub connect: Option<Histogram<u64>>,
+    pub recovery: Option<Histogram<u64>>,
+    pub disconnect: Option<Histogram<u64>>,
+    pub reconnect_attempts: Vec<u64>,
+}
+
+/// Seconds from the phase's start until at least `share` of `want` connections were open for
+/// good, from the exact moments connections went down (`disconnect`) and came back
+/// (`recovery`) during the phase: 0 if never more than `(1 - share) * want` were down at once,
+/// None if more than that were still down when the phase ended.
+fn recovery(stats: &PhaseStats, want: u64, share: f64) -> Option<f64> {
+    let allowed = (want as f64 * (1.0 - share)).floor() as i64;
+    let events = |h: &Option<Histogram<u64>>, sign: i64| -> Vec<(u64, i64)> {
+        h.as_ref().map_or_else(Vec::new, |h| {
+            h.iter_recorded()
+                .map(|v| {
+                    (
+                        h.highest_equivalent(v.value_iterated_to()),
+                        sign * v.count_at_value() as i64,
+                    )
+                })
+                .collect()
+        })
+    };
+    let mut timeline = events(&stats.disconnect, 1);
+    timeline.extend(events(&stats.recovery, -1));
+    // At equal times, count the returns first: a connection back in the same instant never
+    // left the count.
+    timeline.sort_by_key(|(at, delta)| (*at, *delta));
+    let mut down = 0i64;
+    let mut healed_at = Some(0u64);
+    for (at, delta) in timeline {
+        down += delta;
+        if down > allowed {
+            healed_at = None;
+        } else if healed_at.is_none() {
+            healed_at = Some(at);
+        }
+    }
+    healed_at.map(|us| us as f64 / 1e6)
 }
 
 /// One agent of a swarm run, as the coordinator saw it.
@@ -229,6 +296,8 @@ pub struct RunFacts<'a> {
     pub abort_reason: Option<String>,
     pub agents: Vec<AgentRecord>,
     pub start_spread_ms: Option<f64>,
+    /// Per phase (indexed like the profile's phases).
+    pub phase_stats: Vec<PhaseStats>,
 }
 
 impl Summary {
@@ -239,18 +308,57 @@ impl Summary {
             connect: LatencyStats::of(totals.latency.get(Latency::Connect)),
             connect_service: LatencyStats::of(totals.latency.get(Latency::ConnectService)),
             heartbeat_rtt: LatencyStats::of(totals.latency.get(Latency::HeartbeatRtt)),
+            recovery: LatencyStats::of(totals.latency.get(Latency::Recovery)),
         };
+        let timeline = &aggregate.timeline;
         let phases = facts
             .spans
             .iter()
             .filter(|s| s.start.as_secs_f64() <= facts.elapsed_s)
-            .map(|s| PhaseRecord {
-                index: s.index,
-                name: s.kind,
-                start_s: s.start.as_secs_f64(),
-                end_s: s.end.as_secs_f64().min(facts.elapsed_s),
-                from: s.from,
-                to: s.to,
+            .map(|s| {
+                let start = s.start.as_secs_f64();
+                let end = s.end.as_secs_f64().min(facts.elapsed_s);
+                let stats = facts.phase_stats.get(s.index).cloned().unwrap_or_default();
+                let disruptive = matches!(s.kind, "storm" | "drain" | "cutover");
+                PhaseRecord {
+                    index: s.index,
+                    name: s.kind,
+                    start_s: start,
+                    end_s: end,
+                    from: s.from,
+                    to: s.to,
+                    peak_connects_per_s: timeline
+                        .iter()
+                        .filter(|p| p.second as f64 >= start.floor() && (p.second as f64) < end)
+                        .map(|p| p.connects)
+                        .max()
+                        .unwrap_or(0),
+                    recovery_99_s: if disruptive {
+                        recovery(&stats, s.to, 0.99)
+                    } else {
+                        None
+                    },
+                    recovery_100_s: if disruptive {
+                        recovery(&stats, s.to, 1.0)
+                    } else {
+                        None
+                    },
+                    connect_p99_us: stats
+                        .connect
+                        .as_ref()
+                        .filter(|h| !h.is_empty())
+                        .map(|h| h.value_at_quantile(0.99)),
+                    errors: ErrorCounts(stats.counts.errors),
+                    reconnects: stats.counts.reconnects,
+                    given_up: stats.counts.given_up,
+                    reconnect_attempts: {
+                        let mut buckets = stats.reconnect_attempts.clone();
+                        while buckets.last() == Some(&0) {
+                            buckets.pop();
+                        }
+                        buckets
+                    },
+                }
             })
             .collect();
         let mut summary = Summary {
@@ -278,6 +386,8 @@ impl Summary {
                     }
                     _ => None,
                 },
+                reconnects: c.reconnects,
+                given_up: c.given_up,
             },
             heartbeats: HeartbeatCounts {
                 sent: c.heartbeats_sent,

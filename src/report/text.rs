@@ -132,6 +132,46 @@ pub fn render(summary: &Summary) -> String {
         &summary.latency_us.connect_service,
     );
     latency_row(&mut out, "heartbeat_rtt", &summary.latency_us.heartbeat_rtt);
+    let disruptive: Vec<_> = summary
+        .phases
+        .iter()
+        .filter(|p| matches!(p.name, "storm" | "drain" | "cutover"))
+        .collect();
+    if !disruptive.is_empty() {
+        let _ = writeln!(
+            out,
+            "phases{:>21} {:>10} {:>10} {:>11} {:>10} {:>8}  attempts per reconnect",
+            "peak conn/s", "99% back", "100% back", "connect p99", "reconnects", "gave up"
+        );
+        let seconds =
+            |v: Option<f64>| v.map_or_else(|| "never".to_string(), |s| format!("{s:.2}s"));
+        for p in disruptive {
+            let attempts: Vec<String> = p
+                .reconnect_attempts
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| format!("{}:{n}", i + 1))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<7} {:>5.1}s {:>11} {:>10} {:>10} {:>11} {:>10} {:>8}  {}",
+                p.name,
+                p.start_s,
+                p.peak_connects_per_s,
+                seconds(p.recovery_99_s),
+                seconds(p.recovery_100_s),
+                cell(p.connect_p99_us),
+                p.reconnects,
+                p.given_up,
+                if attempts.is_empty() {
+                    "-".to_string()
+                } else {
+                    attempts.join(" ")
+                }
+            );
+        }
+    }
     if summary.sources.len() > 1 {
         scope_rows(&mut out, "sources", &summary.sources);
     }

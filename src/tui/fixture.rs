@@ -155,6 +155,7 @@ pub fn snapshot() -> LiveSnapshot {
             abort_reason: None,
             agents: Vec::new(),
             start_spread_ms: None,
+            phase_stats: Vec::new(),
         },
         &aggregate,
     );

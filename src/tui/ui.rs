@@ -179,6 +179,8 @@ fn bordered(title: impl Into<Line<'static>>) -> Block<'static> {
 fn shown_metrics(s: &LiveSnapshot) -> Vec<Latency> {
     Latency::ALL
         .into_iter()
+        // Disconnect times are an input to the recovery figures, not a latency to read.
+        .filter(|m| *m != Latency::Disconnect)
         .filter(|m| *m == Latency::Connect || !s.total_latency.get(*m).is_empty())
         .collect()
 }
@@ -246,6 +248,16 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, thresholds: Vec<Line<'s
                 s.spans.len(),
                 done * 100.0
             )));
+            // During a storm, drain or cutover: how much of the wanted count is back.
+            if matches!(span.kind, "storm" | "drain" | "cutover") && s.wanted > 0 {
+                let back = (s.open as f64 / s.wanted as f64 * 100.0).min(100.0);
+                let style = if back < 99.0 {
+                    Style::new().fg(Color::Yellow)
+                } else {
+                    Style::new().fg(Color::Green)
+                };
+                first.push(Span::styled(format!("  recovery {back:.0}% back"), style));
+            }
         }
         first.push(Span::raw(format!(
             "  {} elapsed, {} left",
