@@ -28,7 +28,8 @@ const EXAMPLES: &str = "Examples:
   stampede run profiles/smoke.json
   stampede run profiles/smoke.json --set connections=5000 --set heartbeat.interval=5s --out results/
   stampede profile check profiles/many-sources.json
-  stampede sink --listen 127.0.0.1:7000
+  stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
+  stampede sink-admin 127.0.0.1:7001 close-fraction 0.5
   stampede doctor profiles/smoke.json
 
 Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted.";
@@ -56,11 +57,30 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
     #[command(after_help = "Examples:
   stampede sink --listen 127.0.0.1:7000
   stampede sink --listen 127.0.0.1:7000 --listen [::1]:7000 --quiet
+  stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
+  stampede sink --listen 127.0.0.1:7000 --lifetime 30s --close-rate 100
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
 connections than one process's file limit allows. The first line printed is
-`listening on ADDR` for each address, so scripts can wait for it.")]
+`listening on ADDR` for each address, then `admin on ADDR` with --admin, so scripts
+can wait for them. The admin endpoint has no authentication: keep it on loopback or
+a private network. Drive it with `stampede sink-admin`.")]
     Sink(SinkArgs),
+    /// Tell a running sink to close connections or stop or resume accepting (its --admin).
+    #[command(after_help = "Examples:
+  stampede sink-admin 127.0.0.1:7001 stats
+  stampede sink-admin 127.0.0.1:7001 close-all
+  stampede sink-admin 127.0.0.1:7001 close-fraction 0.5
+  stampede sink-admin 127.0.0.1:7001 close-rate 100
+  stampede sink-admin 127.0.0.1:7001 close-rate 0
+  stampede sink-admin 127.0.0.1:7001 lifetime 30s
+  stampede sink-admin 127.0.0.1:7001 lifetime off
+  stampede sink-admin 127.0.0.1:7001 stop-accepting
+  stampede sink-admin 127.0.0.1:7001 start-accepting
+
+Prints the sink's state after the action as JSON (open, accepted, accepting, ...).
+Exit codes: 0 done, 1 the sink could not be reached or refused, 2 usage error.")]
+    SinkAdmin(SinkAdminArgs),
     /// Work with profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -224,6 +244,107 @@ pub struct SinkArgs {
     /// No per-second stats lines.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve the admin endpoint (POST /action, GET /stats) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Close each connection this long after it was accepted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub lifetime: Option<Duration>,
+    /// Close held connections, oldest first, at N per second for as long as any are held.
+    #[arg(long, value_name = "N", value_parser = parse_close_rate, allow_negative_numbers = true)]
+    pub close_rate: Option<f64>,
+}
+
+fn parse_close_rate(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a rate; expected closes per second, a number > 0 (e.g. 100)")
+        })
+}
+
+#[derive(Args, Debug)]
+pub struct SinkAdminArgs {
+    /// The sink's admin address (its --admin).
+    #[arg(value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// What to do.
+    #[arg(value_enum, value_name = "ACTION")]
+    pub action: SinkAdminAction,
+    /// close-fraction: a fraction from 0 to 1; close-rate: closes per second (0 stops);
+    /// lifetime: a duration (30s, 5m) or `off`.
+    #[arg(value_name = "VALUE", allow_negative_numbers = true)]
+    pub value: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkAdminAction {
+    CloseAll,
+    CloseFraction,
+    CloseRate,
+    Lifetime,
+    StopAccepting,
+    StartAccepting,
+    Stats,
+}
+
+/// The action `sink-admin` sends (None for `stats`), or a usage error naming the value.
+pub fn sink_admin_action(
+    action: SinkAdminAction,
+    value: Option<&str>,
+) -> Result<Option<sink::SinkAction>, String> {
+    use SinkAdminAction as A;
+    use sink::SinkAction as S;
+    let possible = clap::ValueEnum::to_possible_value(&action).expect("no action is skipped");
+    let name = possible.get_name();
+    let wants = match action {
+        A::CloseFraction => Some("a fraction from 0 to 1 (e.g. close-fraction 0.5)"),
+        A::CloseRate => Some("closes per second, a number >= 0 (e.g. close-rate 100; 0 stops)"),
+        A::Lifetime => Some("a duration (e.g. lifetime 30s) or `off`"),
+        _ => None,
+    };
+    let (value, wants) = match (wants, value) {
+        (None, None) => ("", ""),
+        (None, Some(v)) => return Err(format!("{name} takes no value; got {v:?}")),
+        (Some(wants), None) => return Err(format!("{name} needs a value: {wants}")),
+        (Some(wants), Some(v)) => (v.trim(), wants),
+    };
+    let number = || {
+        value
+            .parse::<f64>()
+            .map_err(|_| format!("{name}: {value:?} is not a number; expected {wants}"))
+    };
+    let chosen = match action {
+        A::Stats => return Ok(None),
+        A::CloseAll => S::CloseAll,
+        A::StopAccepting => S::StopAccepting,
+        A::StartAccepting => S::StartAccepting,
+        A::CloseFraction => S::CloseFraction {
+            fraction: number()?,
+        },
+        A::CloseRate => S::CloseRate {
+            per_second: number()?,
+        },
+        A::Lifetime => S::Lifetime {
+            seconds: match value {
+                "off" | "none" | "forever" => None,
+                _ => Some(
+                    crate::profile::duration::parse_duration(value)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            format!("lifetime: {value:?} is not a duration; expected {wants}")
+                        })?
+                        .as_secs_f64(),
+                ),
+            },
+        },
+    };
+    chosen
+        .validate()
+        .map_err(|_| format!("{name}: {value:?} is out of range; expected {wants}"))?;
+    Ok(Some(chosen))
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,6 +399,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Coordinator(args) => coordinator_command(args).await,
         Command::Agent(args) => agent_command(args).await,
         Command::Sink(args) => sink_command(args).await,
+        Command::SinkAdmin(args) => sink_admin_command(args).await,
         Command::Profile(ProfileCommand::Check { file, set }) => match load(&file, &set) {
             Ok(profile) => {
                 print!("{}", plan_text::render(&profile));
@@ -577,8 +699,41 @@ async fn sink_command(args: SinkArgs) -> i32 {
             }
         }
     }
-    let _ = std::io::stdout().flush();
+    let control = sink::SinkControl::new();
+    if let Some(lifetime) = args.lifetime {
+        control.apply(&sink::SinkAction::Lifetime {
+            seconds: Some(lifetime.as_secs_f64()),
+        });
+    }
+    if let Some(per_second) = args.close_rate {
+        control.apply(&sink::SinkAction::CloseRate { per_second });
+    }
     let stats = Arc::new(sink::SinkStats::default());
+    if let Some(addr) = args.admin {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprint_line(&format!(
+                    "stampede sink: --admin {addr}: cannot listen: {e}; choose a free port or an address of this host"
+                ));
+                return 2;
+            }
+        };
+        let bound = listener.local_addr().map_or(addr, |a| a);
+        println!("admin on {bound}");
+        if !bound.ip().is_loopback() {
+            eprint_line(&format!(
+                "stampede sink: the admin endpoint on {bound} has no authentication; anyone who reaches it can close connections"
+            ));
+        }
+        tokio::spawn(sink::serve_admin(
+            listener,
+            control.clone(),
+            stats.clone(),
+            std::future::pending(),
+        ));
+    }
+    let _ = std::io::stdout().flush();
     if !args.quiet {
         let stats = stats.clone();
         tokio::spawn(async move {
@@ -591,9 +746,33 @@ async fn sink_command(args: SinkArgs) -> i32 {
             }
         });
     }
-    sink::run(listeners, stats, async {
+    sink::run_controlled(listeners, stats, control, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
     0
+}
+
+async fn sink_admin_command(args: SinkAdminArgs) -> i32 {
+    let action = match sink_admin_action(args.action, args.value.as_deref()) {
+        Ok(action) => action,
+        Err(e) => {
+            eprint_line(&format!("stampede sink-admin: {e}"));
+            return 2;
+        }
+    };
+    let result = match &action {
+        Some(action) => sink::admin_apply(args.admin, action).await,
+        None => sink::admin_stats(args.admin).await,
+    };
+    match result.and_then(|status| serde_json::to_string(&status).map_err(|e| e.to_string())) {
+        Ok(json) => {
+            println!("{json}");
+            0
+        }
+        Err(e) => {
+            eprint_line(&format!("stampede sink-admin: {e}"));
+            1
+        }
+    }
 }

@@ -280,6 +280,17 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
              Give --token-file F (the agents too), or listen on loopback"
         )));
     }
+    if let Some(i) = options
+        .profile
+        .phases
+        .iter()
+        .position(|p| matches!(p, crate::profile::Phase::Server { admin: None, .. }))
+    {
+        return Err(RunError::Plan(format!(
+            "phases[{i}].server has no `admin` address; in a swarm the sinks are other \
+             processes: start them with `stampede sink --admin ADDR` and name that address"
+        )));
+    }
     if options.profile.target == TargetSpec::Embedded && options.targets.is_none() {
         return Err(RunError::Plan(
             "target \"embedded\" needs a sink beside the agents: use `stampede run --agents N` on one host, \
@@ -549,6 +560,12 @@ async fn drive(
         o.progress,
         o.live_tx,
     );
+    // Server phases need an admin address here: the swarm's sinks are other processes.
+    let server_phases = tokio::spawn(crate::run::play_server_phases(
+        o.profile.clone(),
+        start,
+        None,
+    ));
     let mut abort_reason: Option<String> = None;
     let mut keepalive = tokio::time::interval(Duration::from_secs(1));
     let mut controls_open = true;
@@ -656,6 +673,7 @@ async fn drive(
             },
         }
     }
+    server_phases.abort();
     let run_start = start;
     let starts: Vec<i64> = agents.iter().filter_map(|a| a.started_us).collect();
     let spread = match (starts.iter().min(), starts.iter().max()) {

@@ -125,6 +125,19 @@ pub enum DrainShape {
     Linear,
 }
 
+/// What a `server` phase asks the sink (or any target with the sink's admin endpoint) to do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ServerAction {
+    CloseAll,
+    CloseFraction(f64),
+    /// Close connections at this many per second.
+    CloseRate(f64),
+    /// Close each connection this long after it was accepted (`None`: hold forever again).
+    Lifetime(Option<Duration>),
+    StopAccepting,
+    StartAccepting,
+}
+
 /// One step of the scenario. New kinds of phase are new variants.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Phase {
@@ -159,6 +172,15 @@ pub enum Phase {
         duration: Duration,
         reconnect: Option<ReconnectPolicy>,
     },
+    /// The server side of a deploy: at the phase's start, tell the sink (embedded, or the one
+    /// whose admin endpoint is `admin`) to close connections or stop accepting; clients follow
+    /// their reconnect policy while the phase lasts `duration`.
+    Server {
+        action: ServerAction,
+        admin: Option<SocketAddr>,
+        duration: Duration,
+        reconnect: Option<ReconnectPolicy>,
+    },
 }
 
 impl Phase {
@@ -169,6 +191,7 @@ impl Phase {
             Phase::Storm { .. } => "storm",
             Phase::Drain { .. } => "drain",
             Phase::Cutover { .. } => "cutover",
+            Phase::Server { .. } => "server",
         }
     }
 
@@ -177,7 +200,8 @@ impl Phase {
         match self {
             Phase::Storm { reconnect, .. }
             | Phase::Drain { reconnect, .. }
-            | Phase::Cutover { reconnect, .. } => *reconnect,
+            | Phase::Cutover { reconnect, .. }
+            | Phase::Server { reconnect, .. } => *reconnect,
             Phase::Ramp { .. } | Phase::Hold { .. } => None,
         }
     }
@@ -262,6 +286,26 @@ enum RawPhase {
     Storm(RawStorm),
     Drain(RawDrain),
     Cutover(RawCutover),
+    Server(RawServer),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(rename = "do")]
+    action: String,
+    #[serde(default)]
+    fraction: Option<f64>,
+    #[serde(default)]
+    per_second: Option<f64>,
+    #[serde(default)]
+    lifetime: Option<String>,
+    #[serde(default)]
+    admin: Option<String>,
+    #[serde(rename = "for")]
+    duration: String,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
 }
 
 #[derive(Deserialize)]
@@ -604,6 +648,53 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                     },
                     duration,
                     reconnect: drain
+                        .reconnect
+                        .map(|r| r.validate(&format!("{at}.reconnect")))
+                        .transpose()?,
+                }
+            }
+            RawPhase::Server(server) => {
+                let at = format!("phases[{i}].server");
+                let action = match server.action.as_str() {
+                    "close_all" => ServerAction::CloseAll,
+                    "close_fraction" => ServerAction::CloseFraction(fraction_at(
+                        &format!("{at}.fraction"),
+                        server.fraction,
+                    )?),
+                    "close_rate" => {
+                        let rate = server.per_second.unwrap_or(0.0);
+                        if !(rate.is_finite() && rate > 0.0) {
+                            return Err(ProfileError::at(
+                                format!("{at}.per_second"),
+                                format!("{rate} is out of range; give connections per second above 0"),
+                            ));
+                        }
+                        ServerAction::CloseRate(rate)
+                    }
+                    "lifetime" => ServerAction::Lifetime(match server.lifetime.as_deref() {
+                        None | Some("forever") => None,
+                        Some(text) => Some(duration_at(&format!("{at}.lifetime"), text)?),
+                    }),
+                    "stop_accepting" => ServerAction::StopAccepting,
+                    "start_accepting" => ServerAction::StartAccepting,
+                    other => {
+                        return Err(ProfileError::at(
+                            format!("{at}.do"),
+                            format!("{other:?} is not valid; expected \"close_all\", \"close_fraction\", \"close_rate\", \"lifetime\", \"stop_accepting\" or \"start_accepting\""),
+                        ));
+                    }
+                };
+                let admin = match server.admin.as_deref() {
+                    None => None,
+                    Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                        ProfileError::at(format!("{at}.admin"), format!("{text:?} is not the IP:port of a sink's admin endpoint"))
+                    })?),
+                };
+                Phase::Server {
+                    action,
+                    admin,
+                    duration: duration_at(&format!("{at}.for"), &server.duration)?,
+                    reconnect: server
                         .reconnect
                         .map(|r| r.validate(&format!("{at}.reconnect")))
                         .transpose()?,

@@ -4,6 +4,7 @@
 //!
 //! Everything that can refuse a plan does so before the first socket opens.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ pub use crate::collect::{Outputs, Progress, RunResult};
 use crate::host;
 use crate::live::{Control, ControlRx, LiveTx};
 use crate::profile::timeline;
-use crate::profile::{Profile, TargetSpec};
+use crate::profile::{Phase, Profile, ServerAction, TargetSpec};
 use crate::sink;
 
 /// A run that could not start (exit code 2) or broke down (exit code 3).
@@ -113,6 +114,17 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
         (None, TargetSpec::Embedded) => vec![SocketAddr::from(([127, 0, 0, 1], 1))],
         (None, TargetSpec::Addrs(addrs)) => addrs.clone(),
     };
+    if let Some(i) = profile
+        .phases
+        .iter()
+        .position(|p| matches!(p, Phase::Server { admin: None, .. }) && !input.embedded_here)
+    {
+        return Err(RunError::Plan(format!(
+            "phases[{i}].server has no `admin` address, and only the embedded sink of a single \
+             process can be told without one; give the sink's admin endpoint \
+             (`stampede sink --admin ADDR`)"
+        )));
+    }
     // Cutovers add target sets after the profile's own.
     let mut sizes = vec![targets.len()];
     let mut targets = targets;
@@ -148,6 +160,52 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
     Ok(Preflight { pool, workers })
 }
 
+/// Plays the profile's `server` phases: at each one's start, tells the sink what to do, through
+/// `embedded` (the in-process sink) or the phase's admin endpoint. A sink that cannot be
+/// reached is reported once and the run goes on: the clients' figures will show it.
+pub async fn play_server_phases(
+    profile: Profile,
+    start: Instant,
+    embedded: Option<Arc<sink::SinkControl>>,
+) {
+    let spans = timeline::spans(&profile);
+    for (span, phase) in spans.iter().zip(&profile.phases) {
+        let Phase::Server { action, admin, .. } = phase else {
+            continue;
+        };
+        tokio::time::sleep_until(start + span.start).await;
+        let action = sink_action(*action);
+        let outcome = match (admin, &embedded) {
+            (Some(addr), _) => sink::admin_request(*addr, &action).await,
+            (None, Some(control)) => {
+                control.apply(&action);
+                Ok(())
+            }
+            (None, None) => Err("no admin address and no embedded sink".to_string()),
+        };
+        if let Err(e) = outcome {
+            let _ = writeln!(
+                std::io::stderr(),
+                "stampede: phase {} (server): {e}",
+                span.index + 1
+            );
+        }
+    }
+}
+
+fn sink_action(action: ServerAction) -> sink::SinkAction {
+    match action {
+        ServerAction::CloseAll => sink::SinkAction::CloseAll,
+        ServerAction::CloseFraction(fraction) => sink::SinkAction::CloseFraction { fraction },
+        ServerAction::CloseRate(per_second) => sink::SinkAction::CloseRate { per_second },
+        ServerAction::Lifetime(lifetime) => sink::SinkAction::Lifetime {
+            seconds: lifetime.map(|d| d.as_secs_f64()),
+        },
+        ServerAction::StopAccepting => sink::SinkAction::StopAccepting,
+        ServerAction::StartAccepting => sink::SinkAction::StartAccepting,
+    }
+}
+
 /// Plays `options.profile` in this process.
 pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let preflight = preflight(PreflightInput {
@@ -168,6 +226,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let mut pool = preflight.pool;
     let (sink_stop_tx, sink_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sink_task = None;
+    let mut embedded_control = None;
     if profile.target == TargetSpec::Embedded {
         let listener = sink::bind_embedded()
             .map_err(|e| RunError::Fatal(format!("cannot start the embedded sink: {e}")))?;
@@ -176,9 +235,16 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
             .map_err(|e| RunError::Fatal(format!("embedded sink has no address: {e}")))?;
         pool.targets[0] = addr;
         let stats = Arc::new(sink::SinkStats::default());
-        sink_task = Some(tokio::spawn(sink::run(vec![listener], stats, async {
-            let _ = sink_stop_rx.await;
-        })));
+        let control = sink::SinkControl::new();
+        embedded_control = Some(control.clone());
+        sink_task = Some(tokio::spawn(sink::run_controlled(
+            vec![listener],
+            stats,
+            control,
+            async {
+                let _ = sink_stop_rx.await;
+            },
+        )));
     }
     let source_labels = (0..pool.sources.len())
         .map(|i| pool.source_label(i))
@@ -192,6 +258,11 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let start = Instant::now() + Duration::from_millis(20);
     let engine = Engine::start(plan, workers, start, snapshot_tx)
         .map_err(|e| RunError::Fatal(format!("cannot start worker threads: {e}")))?;
+    let server_phases = tokio::spawn(play_server_phases(
+        options.profile.clone(),
+        start,
+        embedded_control,
+    ));
 
     let mut collector = Collector::new(
         profile,
@@ -239,6 +310,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
             },
         }
     }
+    server_phases.abort();
     if tokio::task::spawn_blocking(move || engine.join())
         .await
         .is_err()

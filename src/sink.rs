@@ -1,21 +1,38 @@
-//! The built-in target: an echo-and-hold TCP server.
+//! The built-in target: an echo-and-hold TCP server, which can also play a deploy from its side.
 //!
-//! Every byte received is sent back; connections are held until the client closes them or the
-//! sink shuts down. Listeners use `SO_REUSEPORT`, so several sink processes can share a port
-//! (one process holds at most its file limit). `run` is the same code for `stampede sink` and
-//! for profiles whose target is `"embedded"`. It keeps no per-connection state beyond the task.
+//! Every byte received is sent back; connections are held until the client closes them, the
+//! sink closes them (`control`: all, a fraction, a rate, a lifetime) or the sink shuts down.
+//! Listeners use `SO_REUSEPORT`, so several sink processes can share a port (one process holds
+//! at most its file limit). `run` is the same code for `stampede sink` and for profiles whose
+//! target is `"embedded"`. Per connection it keeps the task and one registry entry, no timer.
+//!
+//! - `action`: the actions (close_all, close_fraction, ...) and their validation.
+//! - `control`: carries actions out: the connection registry, the closer task, the listeners.
+//! - `admin`: the HTTP admin endpoint (`POST /action`, `GET /stats`) and its client.
+
+mod action;
+mod admin;
+mod control;
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use socket2::{Domain, SockRef, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+
+pub use action::{ACTION_NAMES, SinkAction};
+pub use admin::{admin_apply, admin_request, admin_stats, serve_admin};
+use control::{ConnId, ListenerRx};
+pub use control::{ControlError, SinkControl, SinkStatus};
 
 /// Listen backlog asked for; the kernel caps it at `net.core.somaxconn`.
 pub const BACKLOG: i32 = 65_535;
@@ -48,19 +65,26 @@ impl SinkStats {
 
 /// Binds a listener with `SO_REUSEADDR`, `SO_REUSEPORT` and a large backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, true)?)
+}
+
+/// Binds a non-blocking listener; needs no runtime, so `SinkControl::apply` can listen again.
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Binds the embedded sink on loopback, on a port *below* the ephemeral range: a listener's
@@ -100,64 +124,176 @@ pub async fn run(
     stats: Arc<SinkStats>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut accept_loops = JoinSet::new();
-    for listener in listeners {
-        accept_loops.spawn(accept_loop(listener, stats.clone()));
+    run_controlled(listeners, stats, SinkControl::new(), shutdown).await;
+}
+
+/// Serves `listeners` under `control` until `shutdown` completes (or this future is dropped),
+/// then closes the listeners and every connection.
+pub async fn run_controlled(
+    listeners: Vec<TcpListener>,
+    stats: Arc<SinkStats>,
+    control: Arc<SinkControl>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let listeners = control.install(listeners, &stats);
+    // Declared before the tasks, so dropped after them: loops stop, then everything closes.
+    let _stopped = Uninstall(control.clone());
+    let mut tasks = JoinSet::new();
+    for current_rx in listeners {
+        tasks.spawn(accept_loop(current_rx, stats.clone(), control.clone()));
     }
+    let closer = control.clone();
+    tasks.spawn(async move { closer.run_closer().await });
     shutdown.await;
-    accept_loops.shutdown().await;
+    tasks.shutdown().await;
 }
 
-async fn accept_loop(listener: TcpListener, stats: Arc<SinkStats>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    stats.open.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(echo(stream, stats.clone()));
-                }
-                Err(_) => {
-                    // Out of files or buffers: back off a little instead of spinning.
-                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
+struct Uninstall(Arc<SinkControl>);
 
-/// Keeps `open` right whether a connection ends itself or is dropped at shutdown.
-struct OpenGuard(Arc<SinkStats>);
-
-impl Drop for OpenGuard {
+impl Drop for Uninstall {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.uninstall();
     }
 }
 
-async fn echo(mut stream: TcpStream, stats: Arc<SinkStats>) {
-    let _open = OpenGuard(stats.clone());
-    let _ = stream.set_nodelay(true);
-    let mut buf = [0u8; 256];
+/// Accepts on one listener while the control has a socket for it; waits while it has none.
+async fn accept_loop(mut current_rx: ListenerRx, stats: Arc<SinkStats>, control: Arc<SinkControl>) {
     loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                if stream.write_all(&buf[..n]).await.is_err() {
+        let current = current_rx.borrow_and_update().clone();
+        let Some(shared) = current else {
+            if current_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        // A duplicate descriptor of our own: the control keeps the original to stop it.
+        let listener = match shared.try_clone().and_then(TcpListener::from_std) {
+            Ok(listener) => listener,
+            Err(_) => {
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    changed = current_rx.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        };
+        drop(shared);
+        loop {
+            tokio::select! {
+                changed = current_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                     break;
                 }
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => admit(stream, &stats, &control),
+                    // Stopped under us: the socket left the listening state.
+                    Err(_) if current_rx.has_changed().unwrap_or(true) => break,
+                    Err(_) => {
+                        // Out of files or buffers: back off a little instead of spinning.
+                        stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                },
             }
         }
     }
 }
 
+fn admit(stream: TcpStream, stats: &Arc<SinkStats>, control: &Arc<SinkControl>) {
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let id = control.admit();
+    let held = Held {
+        stream,
+        id,
+        stats: stats.clone(),
+        control: control.clone(),
+    };
+    let task = tokio::spawn(echo(held));
+    control.attach(id, task.abort_handle());
+}
+
+/// One held connection. Dropping it, whether the client closed, the sink closed it (its task
+/// aborted) or the sink shut down, keeps the counters right and closes the socket with a FIN.
+struct Held {
+    stream: TcpStream,
+    id: ConnId,
+    stats: Arc<SinkStats>,
+    control: Arc<SinkControl>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.control.forget(self.id);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        // close() with unread input sends a reset instead of a FIN; read what is queued so the
+        // client sees an orderly close (EOF), not `connection reset`.
+        let socket = SockRef::from(&self.stream);
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+        for _ in 0..64 {
+            match socket.recv(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+async fn echo(mut held: Held) {
+    let _ = held.stream.set_nodelay(true);
+    loop {
+        let rest = std::future::poll_fn(|cx| echo_arrived(&mut held, cx)).await;
+        match rest {
+            None => break,
+            // The client is not reading as fast as it sends: finish this echo before the next
+            // read, so a slow reader is slowed down rather than buffered for.
+            Some(rest) if !rest.is_empty() => {
+                if held.stream.write_all(&rest).await.is_err() {
+                    break;
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Reads what has arrived and echoes as much of it as the socket takes now; ready with what is
+/// left to send (almost always nothing), or None once the connection is over. The read buffer
+/// lives only for this call, not in the connection's future, which keeps every held
+/// connection's task within a smaller allocation.
+fn echo_arrived(held: &mut Held, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+    let mut buf = [0u8; 256];
+    let mut read = ReadBuf::new(&mut buf);
+    match Pin::new(&mut held.stream).poll_read(cx, &mut read) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(Err(_)) => return Poll::Ready(None),
+        Poll::Ready(Ok(())) => {}
+    }
+    let data = read.filled();
+    if data.is_empty() {
+        return Poll::Ready(None);
+    }
+    held.stats
+        .bytes
+        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    let mut sent = 0;
+    while sent < data.len() {
+        match held.stream.try_write(&data[sent..]) {
+            Ok(n) if n > 0 => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Ok(_) | Err(_) => return Poll::Ready(None),
+        }
+    }
+    Poll::Ready(Some(data[sent..].to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn echoes_and_counts() {
@@ -179,5 +315,75 @@ mod tests {
         // Shutdown drops the connection: the client sees the close.
         let n = client.read(&mut buf).await.unwrap_or(0);
         assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn echoes_a_burst_larger_than_the_socket_buffers_in_order() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(SinkStats::default());
+        let (_stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(run(vec![listener], stats.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        let sent: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+        let to_send = sent.clone();
+        let writing = tokio::spawn(async move { writer.write_all(&to_send).await });
+        let mut echoed = vec![0u8; sent.len()];
+        tokio::time::timeout(Duration::from_secs(30), reader.read_exact(&mut echoed))
+            .await
+            .expect("echoed within the bound")
+            .unwrap();
+        writing.await.unwrap().unwrap();
+        assert!(echoed == sent, "the echo differs from what was sent");
+        assert_eq!(stats.bytes.load(Ordering::Relaxed), sent.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_reuseport_stops_and_listens_again_on_its_port() {
+        // As the embedded sink binds: SO_REUSEADDR only, while a held connection keeps the port.
+        let listener =
+            TcpListener::from_std(bind_std("127.0.0.1:0".parse().unwrap(), false).unwrap())
+                .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(SinkStats::default());
+        let control = SinkControl::new();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run_controlled(
+            vec![listener],
+            stats.clone(),
+            control.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        let mut held = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 2];
+        held.write_all(b"hi").await.unwrap();
+        held.read_exact(&mut buf).await.unwrap();
+
+        control.try_apply(&SinkAction::StopAccepting).unwrap();
+        let refused = TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(!control.status(&stats).accepting);
+        control.try_apply(&SinkAction::StartAccepting).unwrap();
+        assert!(control.status(&stats).accepting);
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        for client in [&mut held, &mut again] {
+            client.write_all(b"hi").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+        }
+        assert_eq!(control.open(), 2);
+
+        stop_tx.send(()).unwrap();
+        server.await.unwrap();
+        assert_eq!(control.open(), 0);
+        for client in [&mut held, &mut again] {
+            assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+        }
+        // Stopped for good: the port is closed.
+        let refused = TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
     }
 }

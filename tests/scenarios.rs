@@ -178,3 +178,57 @@ async fn a_cutover_moves_every_connection_to_green() {
         600
     );
 }
+
+#[test]
+fn a_server_side_close_all_recovers_with_the_policys_timing() {
+    // The embedded sink plays the deploy from its side; clients wait the fixed policy's
+    // second, then all come back.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("server.json");
+    std::fs::write(
+        &profile,
+        json!({
+            "name": "server-close",
+            "target": "embedded",
+            "connections": 500,
+            "heartbeat": {"interval": "500ms", "timeout": "2s"},
+            "reconnect": {"policy": "fixed", "delay": "1s", "max_attempts": 3},
+            "phases": [
+                {"ramp": {"rate": 2000}},
+                {"hold": {"for": "500ms"}},
+                {"server": {"do": "close_all", "for": "3s"}}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = common::bin()
+        .args(["run", "--quiet", "--out"])
+        .arg(dir.path())
+        .arg(&profile)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = common::read_json(&dir.path().join("summary.json"));
+    assert_eq!(
+        summary["errors"]["closed_by_peer"], 500,
+        "{}",
+        summary["errors"]
+    );
+    assert_eq!(summary["connections"]["reconnects"], 500);
+    assert_eq!(summary["connections"]["open_at_end"], 500);
+    let phase = &summary["phases"][2];
+    assert_eq!(phase["name"], "server");
+    assert_eq!(phase["reconnect_attempts"], json!([500]));
+    // Every reconnection completes one policy delay after the close, give or take scheduling.
+    let recovery = &summary["latency_us"]["recovery"];
+    assert!(recovery["min"].as_u64().unwrap() >= 950_000, "{recovery}");
+    assert!(recovery["max"].as_u64().unwrap() <= 1_400_000, "{recovery}");
+    let back = phase["recovery_100_s"].as_f64().unwrap();
+    assert!((0.95..=1.4).contains(&back), "{phase}");
+}

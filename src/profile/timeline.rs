@@ -59,7 +59,8 @@ pub fn spans(profile: &Profile) -> Vec<PhaseSpan> {
             Phase::Hold { duration }
             | Phase::Storm { duration, .. }
             | Phase::Drain { duration, .. }
-            | Phase::Cutover { duration, .. } => PhaseSpan {
+            | Phase::Cutover { duration, .. }
+            | Phase::Server { duration, .. } => PhaseSpan {
                 index,
                 kind: phase.kind(),
                 start: clock,

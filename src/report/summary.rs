@@ -319,7 +319,7 @@ impl Summary {
                 let start = s.start.as_secs_f64();
                 let end = s.end.as_secs_f64().min(facts.elapsed_s);
                 let stats = facts.phase_stats.get(s.index).cloned().unwrap_or_default();
-                let disruptive = matches!(s.kind, "storm" | "drain" | "cutover");
+                let disruptive = matches!(s.kind, "storm" | "drain" | "cutover" | "server");
                 PhaseRecord {
                     index: s.index,
                     name: s.kind,

@@ -135,7 +135,7 @@ pub fn render(summary: &Summary) -> String {
     let disruptive: Vec<_> = summary
         .phases
         .iter()
-        .filter(|p| matches!(p.name, "storm" | "drain" | "cutover"))
+        .filter(|p| matches!(p.name, "storm" | "drain" | "cutover" | "server"))
         .collect();
     if !disruptive.is_empty() {
         let _ = writeln!(

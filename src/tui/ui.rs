@@ -249,7 +249,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, thresholds: Vec<Line<'s
                 done * 100.0
             )));
             // During a storm, drain or cutover: how much of the wanted count is back.
-            if matches!(span.kind, "storm" | "drain" | "cutover") && s.wanted > 0 {
+            if matches!(span.kind, "storm" | "drain" | "cutover" | "server") && s.wanted > 0 {
                 let back = (s.open as f64 / s.wanted as f64 * 100.0).min(100.0);
                 let style = if back < 99.0 {
                     Style::new().fg(Color::Yellow)
