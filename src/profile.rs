@@ -490,6 +490,15 @@ fn json_with_overrides(text: &str, overrides: &[String]) -> Result<Value, Profil
     Ok(value)
 }
 
+/// A phase's own reconnect policy, if it sets one.
+fn phase_reconnect(
+    at: &str,
+    raw: Option<RawReconnect>,
+) -> Result<Option<ReconnectPolicy>, ProfileError> {
+    raw.map(|r| r.validate(&format!("{at}.reconnect")))
+        .transpose()
+}
+
 fn fraction_at(path: &str, value: Option<f64>) -> Result<f64, ProfileError> {
     let fraction = value.unwrap_or(1.0);
     if fraction.is_finite() && fraction > 0.0 && fraction <= 1.0 {
@@ -606,10 +615,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                         }
                     },
                     duration: duration_at(&format!("{at}.for"), &storm.duration)?,
-                    reconnect: storm
-                        .reconnect
-                        .map(|r| r.validate(&format!("{at}.reconnect")))
-                        .transpose()?,
+                    reconnect: phase_reconnect(&at, storm.reconnect)?,
                 }
             }
             RawPhase::Drain(drain) => {
@@ -647,10 +653,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                         }
                     },
                     duration,
-                    reconnect: drain
-                        .reconnect
-                        .map(|r| r.validate(&format!("{at}.reconnect")))
-                        .transpose()?,
+                    reconnect: phase_reconnect(&at, drain.reconnect)?,
                 }
             }
             RawPhase::Server(server) => {
@@ -694,10 +697,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                     action,
                     admin,
                     duration: duration_at(&format!("{at}.for"), &server.duration)?,
-                    reconnect: server
-                        .reconnect
-                        .map(|r| r.validate(&format!("{at}.reconnect")))
-                        .transpose()?,
+                    reconnect: phase_reconnect(&at, server.reconnect)?,
                 }
             }
             RawPhase::Cutover(cutover) => {
@@ -727,10 +727,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                     over,
                     close: cutover.close.unwrap_or(true),
                     duration,
-                    reconnect: cutover
-                        .reconnect
-                        .map(|r| r.validate(&format!("{at}.reconnect")))
-                        .transpose()?,
+                    reconnect: phase_reconnect(&at, cutover.reconnect)?,
                 }
             }
         });

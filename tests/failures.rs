@@ -93,18 +93,7 @@ fn sink_killed_mid_hold_counts_peer_closes() {
         .to_string(),
     )
     .unwrap();
-    let mut run = bin()
-        .args(["run", "--headless", "--out"])
-        .arg(dir.path())
-        .arg(&profile_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut progress = BufReader::new(run.stderr.take().unwrap());
-    wait_for_line(&mut progress, Duration::from_secs(10), |l| {
-        l.contains("hold") && l.contains(" 200/200")
-    });
+    let (mut run, _progress) = common::run_until_held(dir.path(), &profile_path, 200);
     sink.child.kill().unwrap();
     sink.child.wait().unwrap();
     let status = wait_child(&mut run, Duration::from_secs(15));

@@ -607,18 +607,7 @@ fn a_run_counts_the_sinks_closes_as_closed_by_peer() {
         .to_string(),
     )
     .unwrap();
-    let mut run = bin()
-        .args(["run", "--headless", "--out"])
-        .arg(dir.path())
-        .arg(&profile)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut progress = BufReader::new(run.stderr.take().unwrap());
-    wait_for_line(&mut progress, Duration::from_secs(10), |l| {
-        l.contains("hold") && l.contains(" 100/100")
-    });
+    let (mut run, mut progress) = common::run_until_held(dir.path(), &profile, 100);
     let (code, out, err) = sink.admin(&["close-all"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(status_json(&out)["closed_by_sink"], 100);

@@ -165,3 +165,26 @@ pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatu
 pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// Starts `stampede run --headless --out DIR PROFILE` and waits (bounded) until its progress
+/// says all `connections` are held; returns the child and its progress stream.
+pub fn run_until_held(
+    dir: &Path,
+    profile: &Path,
+    connections: u64,
+) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut run = bin()
+        .args(["run", "--headless", "--out"])
+        .arg(dir)
+        .arg(profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stampede run starts");
+    let mut progress = BufReader::new(run.stderr.take().expect("piped stderr"));
+    let held = format!(" {connections}/{connections}");
+    wait_for_line(&mut progress, Duration::from_secs(10), |l| {
+        l.contains("hold") && l.contains(&held)
+    });
+    (run, progress)
+}
