@@ -551,6 +551,25 @@ fn downsample(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
 }
 
 /// Vertical lines where phases start, inside `[x0, x1]`.
+/// A line chart's data: dim vertical marks at phase changes, then each series in its colour.
+fn marked_lines<'a>(
+    marks: &'a [Vec<(f64, f64)>],
+    series: &[(&'a [(f64, f64)], Color)],
+) -> Vec<Dataset<'a>> {
+    let line = |data: &'a [(f64, f64)], style: Style| {
+        Dataset::default()
+            .data(data)
+            .graph_type(GraphType::Line)
+            .marker(Marker::Braille)
+            .style(style)
+    };
+    let mut datasets: Vec<Dataset> = marks.iter().map(|m| line(m, DIM)).collect();
+    for (data, color) in series {
+        datasets.push(line(data, Style::new().fg(*color)));
+    }
+    datasets
+}
+
 fn phase_marks(s: &LiveSnapshot, x0: f64, x1: f64, y1: f64) -> Vec<Vec<(f64, f64)>> {
     s.spans
         .iter()
@@ -602,23 +621,7 @@ fn draw_open_chart(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         .fold(planned_peak(s) as f64, f64::max)
         * 1.1;
     let marks = phase_marks(s, 0.0, x1, top);
-    let mut datasets: Vec<Dataset> = marks
-        .iter()
-        .map(|m| {
-            Dataset::default()
-                .data(m)
-                .graph_type(GraphType::Line)
-                .marker(Marker::Braille)
-                .style(DIM)
-        })
-        .collect();
-    datasets.push(
-        Dataset::default()
-            .data(&points)
-            .graph_type(GraphType::Line)
-            .marker(Marker::Braille)
-            .style(Style::new().fg(OPEN)),
-    );
+    let datasets = marked_lines(&marks, &[(&points, OPEN)]);
     let chart = Chart::new(datasets)
         .block(bordered(Line::from(vec![
             Span::styled(" Open connections ", TITLE),
@@ -663,25 +666,10 @@ fn draw_rates_chart(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         * 1.1;
     let (x0, x1) = (start as f64, (end as f64).max(start as f64 + 1.0));
     let marks = phase_marks(s, x0, x1, top);
-    let mut datasets: Vec<Dataset> = marks
-        .iter()
-        .map(|m| {
-            Dataset::default()
-                .data(m)
-                .graph_type(GraphType::Line)
-                .marker(Marker::Braille)
-                .style(DIM)
-        })
-        .collect();
-    for (data, color) in [(&errors, ERRORS), (&closes, CLOSES), (&connects, CONNECTS)] {
-        datasets.push(
-            Dataset::default()
-                .data(data)
-                .graph_type(GraphType::Line)
-                .marker(Marker::Braille)
-                .style(Style::new().fg(color)),
-        );
-    }
+    let datasets = marked_lines(
+        &marks,
+        &[(&errors, ERRORS), (&closes, CLOSES), (&connects, CONNECTS)],
+    );
     let title = Line::from(vec![
         Span::styled(" Per second ", TITLE),
         Span::styled("connects ", Style::new().fg(CONNECTS)),
@@ -956,23 +944,7 @@ fn draw_errors_view(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         .max(1.0);
     let top = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let marks = phase_marks(s, 0.0, x1, top);
-    let mut datasets: Vec<Dataset> = marks
-        .iter()
-        .map(|m| {
-            Dataset::default()
-                .data(m)
-                .graph_type(GraphType::Line)
-                .marker(Marker::Braille)
-                .style(DIM)
-        })
-        .collect();
-    datasets.push(
-        Dataset::default()
-            .data(&points)
-            .graph_type(GraphType::Line)
-            .marker(Marker::Braille)
-            .style(Style::new().fg(ERRORS)),
-    );
+    let datasets = marked_lines(&marks, &[(&points, ERRORS)]);
     let widget = Chart::new(datasets)
         .block(bordered(Span::styled(" Errors per second ", TITLE)))
         .x_axis(
