@@ -41,8 +41,9 @@ async fn a_drain_keeps_the_connect_rate_flat_and_ends_whole_while_a_storm_spikes
         "ends with every connection open"
     );
     let phase = s.phases.iter().find(|p| p.name == "drain").unwrap();
-    // 2,000 connections over 20 s: 100 connects a second. The inner seconds (away from the
-    // window's edges) each stay within 20% of that.
+    // 2,000 connections over 20 s: 100 connects a second. Over the inner seconds (away from the
+    // window's edges) the mean stays within 10% of that, and no second strays more than 30%
+    // (a late wake-up on a busy machine moves a few closes into the next second).
     let start = phase.start_s as u64;
     let inner: Vec<u64> = s
         .timeline
@@ -87,7 +88,7 @@ async fn a_drain_keeps_the_connect_rate_flat_and_ends_whole_while_a_storm_spikes
         phase.peak_connects_per_s
     );
     assert!(
-        phase.peak_connects_per_s >= 10 * 120,
+        phase.peak_connects_per_s >= 10 * 140,
         "the storm's peak is an order of magnitude above the drain's"
     );
     assert!(
