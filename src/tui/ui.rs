@@ -551,6 +551,30 @@ fn downsample(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
 }
 
 /// Vertical lines where phases start, inside `[x0, x1]`.
+/// A chart of counts over run seconds `x0..x1`, from 0 to `top`, in a titled border.
+fn count_chart<'a>(
+    datasets: Vec<Dataset<'a>>,
+    block: Block<'a>,
+    (x0, x1): (f64, f64),
+    top: f64,
+) -> Chart<'a> {
+    Chart::new(datasets)
+        .block(block)
+        .x_axis(
+            Axis::default()
+                .bounds([x0, x1])
+                .labels(axis_labels(x0, x1, seconds_label))
+                .style(DIM),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([0.0, top])
+                .labels(axis_labels(0.0, top, count_label))
+                .style(DIM),
+        )
+        .legend_position(None)
+}
+
 /// A line chart's data: dim vertical marks at phase changes, then each series in its colour.
 fn marked_lines<'a>(
     marks: &'a [Vec<(f64, f64)>],
@@ -622,24 +646,11 @@ fn draw_open_chart(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         * 1.1;
     let marks = phase_marks(s, 0.0, x1, top);
     let datasets = marked_lines(&marks, &[(&points, OPEN)]);
-    let chart = Chart::new(datasets)
-        .block(bordered(Line::from(vec![
-            Span::styled(" Open connections ", TITLE),
-            Span::styled("│ phases ", DIM),
-        ])))
-        .x_axis(
-            Axis::default()
-                .bounds([0.0, x1])
-                .labels(axis_labels(0.0, x1, seconds_label))
-                .style(DIM),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([0.0, top])
-                .labels(axis_labels(0.0, top, count_label))
-                .style(DIM),
-        )
-        .legend_position(None);
+    let title = Line::from(vec![
+        Span::styled(" Open connections ", TITLE),
+        Span::styled("│ phases ", DIM),
+    ]);
+    let chart = count_chart(datasets, bordered(title), (0.0, x1), top);
     frame.render_widget(chart, area);
 }
 
@@ -676,21 +687,7 @@ fn draw_rates_chart(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         Span::styled("closes ", Style::new().fg(CLOSES)),
         Span::styled("errors ", Style::new().fg(ERRORS)),
     ]);
-    let chart = Chart::new(datasets)
-        .block(bordered(title))
-        .x_axis(
-            Axis::default()
-                .bounds([x0, x1])
-                .labels(axis_labels(x0, x1, seconds_label))
-                .style(DIM),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([0.0, top])
-                .labels(axis_labels(0.0, top, count_label))
-                .style(DIM),
-        )
-        .legend_position(None);
+    let chart = count_chart(datasets, bordered(title), (x0, x1), top);
     frame.render_widget(chart, area);
 }
 
@@ -945,21 +942,8 @@ fn draw_errors_view(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
     let top = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
     let marks = phase_marks(s, 0.0, x1, top);
     let datasets = marked_lines(&marks, &[(&points, ERRORS)]);
-    let widget = Chart::new(datasets)
-        .block(bordered(Span::styled(" Errors per second ", TITLE)))
-        .x_axis(
-            Axis::default()
-                .bounds([0.0, x1])
-                .labels(axis_labels(0.0, x1, seconds_label))
-                .style(DIM),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([0.0, top])
-                .labels(axis_labels(0.0, top, count_label))
-                .style(DIM),
-        )
-        .legend_position(None);
+    let title = Span::styled(" Errors per second ", TITLE);
+    let widget = count_chart(datasets, bordered(title), (0.0, x1), top);
     frame.render_widget(widget, chart);
 }
 
