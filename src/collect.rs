@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::live::{AgentRow, LiveSnapshot, LiveTx, RunState};
-use crate::metrics::{Aggregate, CompletedInterval, IntervalSnapshot, Latency, LatencySet};
+use crate::metrics::{
+    Aggregate, CompletedInterval, IntervalSnapshot, Latency, LatencySet, add_sparse,
+};
 use crate::profile::Profile;
 use crate::profile::duration::human_micros;
 use crate::profile::timeline::{self, PhaseSpan};
@@ -232,13 +234,10 @@ impl Collector {
                 (&mut stats.recovery, Latency::Recovery),
                 (&mut stats.disconnect, Latency::Disconnect),
             ] {
-                let h = interval.data.latency.get(metric);
-                match slot {
-                    Some(mine) => {
-                        let _ = mine.add(h);
-                    }
-                    None => *slot = Some(h.clone()),
-                }
+                add_sparse(
+                    slot.get_or_insert_with(crate::metrics::new_histogram),
+                    interval.data.latency.get(metric),
+                );
             }
             if stats.reconnect_attempts.is_empty() {
                 stats.reconnect_attempts = vec![0; interval.data.reconnect_attempts.len()];
