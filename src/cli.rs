@@ -59,9 +59,12 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
   stampede sink --listen 127.0.0.1:7000 --listen [::1]:7000 --quiet
   stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
   stampede sink --listen 127.0.0.1:7000 --lifetime 30s --close-rate 100
+  stampede sink --listen 127.0.0.1:7000 --workers 60 --quiet   # ~1 M connections
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
-connections than one process's file limit allows. The first line printed is
+connections than one process's file limit allows; --workers N starts N of them and
+prints their totals. SO_REUSEPORT spreads connections by hash, not evenly: give each
+worker about 10 % headroom below its file limit. The first line printed is
 `listening on ADDR` for each address, then `admin on ADDR` with --admin, so scripts
 can wait for them. The admin endpoint has no authentication: keep it on loopback or
 a private network. Drive it with `stampede sink-admin`.")]
@@ -253,6 +256,10 @@ pub struct SinkArgs {
     /// Close held connections, oldest first, at N per second for as long as any are held.
     #[arg(long, value_name = "N", value_parser = parse_close_rate, allow_negative_numbers = true)]
     pub close_rate: Option<f64>,
+    /// Run as N processes sharing the addresses (SO_REUSEPORT), each with its own file
+    /// limit; this process supervises them and prints their totals.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 fn parse_close_rate(text: &str) -> Result<f64, String> {
@@ -680,6 +687,9 @@ async fn agent_command(args: AgentArgs) -> i32 {
 }
 
 async fn sink_command(args: SinkArgs) -> i32 {
+    if let Some(workers) = args.workers.filter(|n| *n > 1) {
+        return sink_workers_command(args, usize::from(workers)).await;
+    }
     if let Err(e) = crate::host::raise_fd_limit() {
         eprint_line(&format!("stampede sink: cannot raise RLIMIT_NOFILE: {e}"));
     }
@@ -750,6 +760,91 @@ async fn sink_command(args: SinkArgs) -> i32 {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
+    0
+}
+
+/// `sink --workers N`: supervise N sink processes until Ctrl-C or SIGTERM.
+async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
+    if let Some(admin) = args.admin {
+        eprint_line(&format!(
+            "stampede sink: --admin {admin} with --workers {workers}: actions are not forwarded to worker processes yet; run sinks with --admin one process each, or drop --workers"
+        ));
+        return 2;
+    }
+    let mut pass_on = Vec::new();
+    if let Some(lifetime) = args.lifetime {
+        pass_on.extend(["--lifetime".to_string(), format!("{}ms", lifetime.as_millis())]);
+    }
+    if let Some(rate) = args.close_rate {
+        pass_on.extend(["--close-rate".to_string(), rate.to_string()]);
+    }
+    let start = sink::workers::WorkerArgs {
+        listen: args.listen.clone(),
+        pass_on,
+        workers,
+    };
+    // Started on this runtime thread, not in spawn_blocking: PR_SET_PDEATHSIG fires when the
+    // *thread* that forked a child exits, and idle blocking-pool threads exit after 10 s.
+    // Nothing else runs yet, so blocking here while the workers start costs nothing.
+    let mut running = match sink::workers::start(&start) {
+        Ok(running) => running,
+        Err(e) => {
+            eprint_line(&format!("stampede sink: {e}"));
+            return if e.starts_with("--listen") { 2 } else { 3 };
+        }
+    };
+    for addr in &running.listening {
+        println!("listening on {addr}");
+    }
+    println!("workers {}", running.len());
+    let _ = std::io::stdout().flush();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let stop = async {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async {
+                match term.as_mut() {
+                    Some(t) => t.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    };
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut previous = (0, 0);
+    let mut reported = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {}
+        }
+        let exited = running.exited();
+        for (index, status) in exited.iter().skip(reported) {
+            eprint_line(&format!(
+                "stampede sink: worker {index} exited ({status}); its connections are gone"
+            ));
+        }
+        reported = reported.max(exited.len());
+        if exited.len() == running.len() {
+            eprint_line("stampede sink: every worker has exited");
+            return 3;
+        }
+        if !args.quiet {
+            let (total, answered) = running.totals().await;
+            eprint_line(&format!(
+                "sink: open {} accepted/s {} bytes/s {} accepted {} accept_errors {} workers {answered}/{}",
+                total.open,
+                total.accepted.saturating_sub(previous.0),
+                total.bytes.saturating_sub(previous.1),
+                total.accepted,
+                total.accept_errors,
+                running.len(),
+            ));
+            previous = (total.accepted, total.bytes);
+        }
+    }
+    drop(running);
     0
 }
 

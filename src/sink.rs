@@ -9,10 +9,12 @@
 //! - `action`: the actions (close_all, close_fraction, ...) and their validation.
 //! - `control`: carries actions out: the connection registry, the closer task, the listeners.
 //! - `admin`: the HTTP admin endpoint (`POST /action`, `GET /stats`) and its client.
+//! - `workers`: `stampede sink --workers N`, one sink as N processes sharing its ports.
 
 mod action;
 mod admin;
 mod control;
+pub mod workers;
 
 use std::future::Future;
 use std::io;

@@ -69,3 +69,79 @@ fn sink_refuses_an_address_it_cannot_listen_on() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen"), "{stderr}");
 }
+
+/// Child pids of `pid`, whichever of its threads started them, from /proc (Linux 3.5+).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    children
+}
+
+/// Sockets a process holds, from its descriptor table.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn sink_workers_share_the_port_report_totals_and_die_with_their_parent() {
+    let mut child = bin()
+        .args(["sink", "--listen", "127.0.0.1:0", "--workers", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = wait_for_line(&mut stdout, Duration::from_secs(10), |l| {
+        l.starts_with("listening on ")
+    });
+    let addr: std::net::SocketAddr = line["listening on ".len()..].trim().parse().unwrap();
+    wait_for_line(&mut stdout, Duration::from_secs(5), |l| l == "workers 3\n");
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 3, "{workers:?}");
+
+    // Different source ports hash to different workers: 300 connections reach all three.
+    let mut clients: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for client in clients.iter_mut().step_by(37) {
+        client.write_all(b"ping").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut echo = [0u8; 4];
+        client.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"ping");
+    }
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let totals = wait_for_line(&mut stderr, Duration::from_secs(10), |l| {
+        l.contains("open 300 ")
+    });
+    assert!(totals.contains("accepted 300 ") && totals.contains("workers 3/3"), "{totals}");
+    for worker in &workers {
+        // Each worker holds some: its listener and admin socket plus accepted connections.
+        assert!(sockets_of(*worker) > 2 + 30, "worker {worker} holds too few");
+    }
+
+    // A killed supervisor leaves no worker behind.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while workers
+        .iter()
+        .any(|w| std::path::Path::new(&format!("/proc/{w}")).exists())
+    {
+        assert!(std::time::Instant::now() < deadline, "workers outlived their parent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(clients);
+}

@@ -128,7 +128,10 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
 
     let mut children = Children(Vec::new());
     let target_override = if embedded {
-        let sinks = peak.div_ceil(per_process).max(1);
+        // SO_REUSEPORT spreads connections by hash, not evenly: with sinks filled to the limit
+        // on average, some would overflow. A tenth of headroom covers the spread (a few
+        // standard deviations of a binomial at these counts).
+        let sinks = (peak + peak / 10).div_ceil(per_process).max(1);
         Some(vec![start_sinks(sinks, &mut children)?])
     } else {
         None

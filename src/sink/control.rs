@@ -35,7 +35,7 @@ pub enum ControlError {
 }
 
 /// The state of a sink, as `GET /stats` and `stampede sink-admin ADDR stats` show it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SinkStatus {
     /// Connections held now. Closing takes them out at once, before their tasks have ended.
     pub open: u64,
