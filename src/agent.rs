@@ -3,6 +3,8 @@
 //! - `pool`: which source address and target each connection slot uses, and capacity.
 //! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `conn`: one connection's state machine (connect, heartbeats, failure kinds).
+//! - `table`: plain TCP connections without a task each: one epoll set and one timer queue
+//!   per worker.
 //! - `shard`: a worker thread with its own runtime, its slots and its histograms.
 //! - `session`: `stampede agent`, the link to a coordinator (handshake, plan, reports, lease).
 //! - `synthetic`: reporters without sockets, for benchmarking the coordinator.
@@ -16,6 +18,7 @@ pub mod session;
 pub(crate) mod shard;
 pub mod socket;
 pub mod synthetic;
+mod table;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

@@ -773,7 +773,10 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
     }
     let mut pass_on = Vec::new();
     if let Some(lifetime) = args.lifetime {
-        pass_on.extend(["--lifetime".to_string(), format!("{}ms", lifetime.as_millis())]);
+        pass_on.extend([
+            "--lifetime".to_string(),
+            format!("{}ms", lifetime.as_millis()),
+        ]);
     }
     if let Some(rate) = args.close_rate {
         pass_on.extend(["--close-rate".to_string(), rate.to_string()]);

@@ -73,9 +73,15 @@ fn sink_refuses_an_address_it_cannot_listen_on() {
 /// Child pids of `pid`, whichever of its threads started them, from /proc (Linux 3.5+).
 fn children_of(pid: u32) -> Vec<u32> {
     let mut children = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        children.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     children
 }
@@ -112,7 +118,9 @@ fn sink_workers_share_the_port_report_totals_and_die_with_their_parent() {
     assert_eq!(workers.len(), 3, "{workers:?}");
 
     // Different source ports hash to different workers: 300 connections reach all three.
-    let mut clients: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut clients: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
     for client in clients.iter_mut().step_by(37) {
         client.write_all(b"ping").unwrap();
         client
@@ -126,10 +134,16 @@ fn sink_workers_share_the_port_report_totals_and_die_with_their_parent() {
     let totals = wait_for_line(&mut stderr, Duration::from_secs(10), |l| {
         l.contains("open 300 ")
     });
-    assert!(totals.contains("accepted 300 ") && totals.contains("workers 3/3"), "{totals}");
+    assert!(
+        totals.contains("accepted 300 ") && totals.contains("workers 3/3"),
+        "{totals}"
+    );
     for worker in &workers {
         // Each worker holds some: its listener and admin socket plus accepted connections.
-        assert!(sockets_of(*worker) > 2 + 30, "worker {worker} holds too few");
+        assert!(
+            sockets_of(*worker) > 2 + 30,
+            "worker {worker} holds too few"
+        );
     }
 
     // A killed supervisor leaves no worker behind.
@@ -140,7 +154,10 @@ fn sink_workers_share_the_port_report_totals_and_die_with_their_parent() {
         .iter()
         .any(|w| std::path::Path::new(&format!("/proc/{w}")).exists())
     {
-        assert!(std::time::Instant::now() < deadline, "workers outlived their parent");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers outlived their parent"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(clients);

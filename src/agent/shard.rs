@@ -120,6 +120,9 @@ pub(crate) async fn run(
     mut control_rx: watch::Receiver<EngineControl>,
 ) {
     let shard = Rc::new(Shard::new(plan.clone(), start, workers));
+    // Plain TCP connections live in the table (no task per connection). Should the kernel
+    // refuse an epoll instance, they fall back to a task each.
+    let mut table = super::table::Table::new(worker, workers).ok();
     let total = timeline::total(&plan.spans);
     let mut schedule = WorkerSchedule::new(&plan.profile, &plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.
@@ -154,6 +157,7 @@ pub(crate) async fn run(
         }
         let origin = start + shift;
         let next_event = schedule.peek().map(|e| origin + e.at);
+        let next_deadline = table.as_ref().and_then(|t| t.next_deadline(&shard));
         tokio::select! {
             biased;
             changed = control_rx.changed() => {
@@ -176,6 +180,10 @@ pub(crate) async fn run(
                     let index = (event.slot / workers as u64) as usize;
                     match event.action {
                         SlotAction::Open => {
+                            if let Some(table) = table.as_mut() {
+                                table.open(&shard, event.slot, origin + event.at);
+                                continue;
+                            }
                             let task = tokio::task::spawn_local(super::conn::run(
                                 shard.clone(),
                                 event.slot,
@@ -188,11 +196,18 @@ pub(crate) async fn run(
                             slots[index] = Some(task.abort_handle());
                         }
                         SlotAction::Close => {
+                            if let Some(table) = table.as_mut() {
+                                table.close(&shard, event.slot);
+                            }
                             if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
                                 handle.abort();
                             }
                         }
                         SlotAction::Kick { reset } => {
+                            if let Some(table) = table.as_mut() {
+                                table.kick(&shard, event.slot, reset);
+                                continue;
+                            }
                             // Only established connections: one waiting to reconnect keeps
                             // its own backoff.
                             let fd = shard.fds.borrow().get(index).copied().unwrap_or(-1);
@@ -228,10 +243,26 @@ pub(crate) async fn run(
                     }
                 }
             }
+            () = sleep_until(next_deadline.unwrap_or(origin + total)), if next_deadline.is_some() => {
+                if let Some(table) = table.as_mut() {
+                    table.process_timers(&shard);
+                }
+            }
+            () = std::future::poll_fn(|cx| match table.as_mut() {
+                Some(table) => table.poll_io(cx),
+                None => std::task::Poll::Pending,
+            }) => {
+                if let Some(table) = table.as_mut() {
+                    table.process_io(&shard);
+                }
+            }
         }
     }
     let open_before_teardown = shard.open.get();
     shard.tearing_down.set(true);
+    if let Some(table) = table.as_mut() {
+        table.teardown(&shard);
+    }
     for handle in slots.iter().flatten() {
         handle.abort();
     }

@@ -65,6 +65,22 @@ pub fn start_connect(
     tokio::net::TcpStream::from_std(socket.into())
 }
 
+/// Like `start_connect`, for a caller that polls the socket itself (the connection table):
+/// the socket is returned as a plain fd, registered with nothing.
+pub fn start_connect_fd(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    port_range: Option<PortRange>,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let socket = bound_socket(source, target, port_range)?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
 /// A non-blocking client socket bound to `source` (if any), ready for `connect`.
 pub fn client_socket(
     source: Option<IpAddr>,

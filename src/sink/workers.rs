@@ -54,7 +54,9 @@ pub fn start(args: &WorkerArgs) -> Result<Workers, String> {
     let mut reserved = Vec::with_capacity(args.listen.len());
     for addr in &args.listen {
         let listener = super::bind_std(*addr, true).map_err(|e| {
-            format!("--listen {addr}: cannot listen: {e}; choose a free port or an address of this host")
+            format!(
+                "--listen {addr}: cannot listen: {e}; choose a free port or an address of this host"
+            )
         })?;
         let bound = listener.local_addr().map_or(*addr, |a| a);
         reserved.push((listener, bound));
@@ -127,7 +129,8 @@ impl Workers {
         let mut total = SinkStatus::default();
         let mut answered = 0;
         for admin in &self.admins {
-            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), admin_stats(*admin)).await
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(1), admin_stats(*admin)).await
             {
                 answered += 1;
                 total.open += s.open;
