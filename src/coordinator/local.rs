@@ -169,7 +169,14 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
                 .collect();
             command.arg("--sources").arg(mine.join(","));
         }
-        if let Some(w) = options.workers {
+        // With at least one agent per core, processes give the parallelism: one worker
+        // thread each keeps the host's runnable threads (and so every thread's wait for a
+        // turn on a saturated host) down.
+        let workers = options.workers.or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, usize::from);
+            (agents >= cores).then_some(1)
+        });
+        if let Some(w) = workers {
             command.arg("--workers").arg(w.to_string());
         }
         children.0.push(
@@ -185,7 +192,10 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
         agents,
         token: None,
         join_timeout: Duration::from_secs(30),
-        lease: Duration::from_secs(5),
+        // Agents here are children on the same host: a dead one is noticed at once, when its
+        // socket closes. The lease only has to outlast a turn on a host saturated by the run
+        // itself (a million connections on two cores took reports more than 5 s to cross).
+        lease: Duration::from_secs(30),
         targets: target_override,
         outputs: options.outputs,
         progress: options.progress,
