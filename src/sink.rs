@@ -11,7 +11,7 @@
 //! - `admin`: the HTTP admin endpoint (`POST /action`, `GET /stats`) and its client.
 
 mod action;
-mod admin;
+pub(crate) mod admin;
 mod control;
 
 use std::future::Future;
