@@ -379,11 +379,15 @@ pub async fn run(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Out
 }
 
 /// Emits the counters of each `period` (one JSON line per node and per target) to `emit`,
-/// forever; cancel by dropping.
+/// forever; cancel by dropping. The first period also counts what came before it.
 pub async fn report_metrics(nlb: Arc<Nlb>, period: Duration, mut emit: impl FnMut(&str)) {
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
-    let mut earlier = nlb.metrics();
+    let mut earlier = NlbMetrics {
+        nodes: Vec::new(),
+        targets: Vec::new(),
+        total: CountersSnapshot::default(),
+    };
     loop {
         tick.tick().await;
         let now = nlb.metrics();
