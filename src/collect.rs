@@ -84,6 +84,7 @@ pub struct Collector {
     agent_rows: Vec<AgentRow>,
     agent_records: Vec<AgentRecord>,
     start_spread_ms: Option<f64>,
+    nlb: Option<crate::nlb::NlbSummary>,
     /// Per phase: counters, connect latency and reconnect attempts of the intervals that
     /// overlap it.
     phase_stats: Vec<PhaseStats>,
@@ -127,7 +128,13 @@ impl Collector {
             agent_records: Vec::new(),
             start_spread_ms: None,
             phase_stats: Vec::new(),
+            nlb: None,
         }
+    }
+
+    /// The NLB emulator's counters for the run, for the summary.
+    pub fn set_nlb(&mut self, nlb: crate::nlb::NlbSummary) {
+        self.nlb = Some(nlb);
     }
 
     /// For swarm runs: how many agents are expected, and their rows for live views.
@@ -254,7 +261,7 @@ impl Collector {
     }
 
     fn summary(&self, elapsed: Duration, abort_reason: Option<String>) -> Summary {
-        Summary::build(
+        let mut summary = Summary::build(
             RunFacts {
                 profile: &self.profile_name,
                 requested: self.requested,
@@ -274,7 +281,9 @@ impl Collector {
                 phase_stats: self.phase_stats.clone(),
             },
             &self.aggregate,
-        )
+        );
+        summary.nlb = self.nlb.clone();
+        summary
     }
 
     fn live_snapshot(

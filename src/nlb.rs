@@ -14,12 +14,14 @@
 //! - `flow`: one flow: routing outcome, upstream connect, the copy loop, idle and termination.
 //! - `metrics`: counters and their JSON-line, JSON and Prometheus renderings.
 //! - `admin`: the HTTP admin endpoint (metrics, register, deregister) and its client.
+//! - `link`: a run's view of the emulator it goes through, for `summary.json`.
 //!
 //! It must not send traffic anywhere but the configured targets, from the node IPs or (with
 //! preservation on) the client's own IP.
 
 mod admin;
 mod flow;
+mod link;
 pub mod metrics;
 mod pool;
 
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use admin::{TargetChange, admin_metrics, admin_target, serve_admin};
+pub use link::{NlbSummary, NlbWatch};
 use metrics::Counters;
 pub use metrics::{CountersSnapshot, NlbMetrics, NodeMetrics, TargetMetrics};
 use pool::PortPool;

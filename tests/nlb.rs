@@ -660,3 +660,156 @@ fn bad_flags_are_refused_with_the_flag_and_exit_code_2() {
         assert!(out.stdout.is_empty(), "nothing started for {args:?}");
     }
 }
+
+/// A `stampede nlb` child process with its admin endpoint; killed on drop.
+struct NlbProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl NlbProcess {
+    fn start(targets: &[SocketAddr], extra: &[&str]) -> NlbProcess {
+        use std::io::{BufRead, BufReader};
+        let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        let mut child = common::bin()
+            .args(["nlb", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--quiet", "--targets", &targets.join(",")])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut addr_of = |prefix: &str| -> SocketAddr {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("{line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let addr = addr_of("listening on ");
+        let admin = addr_of("admin on ");
+        NlbProcess { child, addr, admin }
+    }
+}
+
+impl Drop for NlbProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Plays a small port-wall profile through `lb` and returns its summary.json.
+async fn run_through(
+    lb: &NlbProcess,
+    connections: u64,
+    phases: serde_json::Value,
+) -> serde_json::Value {
+    let profile = serde_json::json!({
+        "name": "nlb-port-wall-test",
+        "target": { "addrs": [lb.addr.to_string()] },
+        "connections": connections,
+        "heartbeat": { "interval": "200ms", "payload_bytes": 8, "timeout": "2s" },
+        "reconnect": { "policy": "none" },
+        "nlb": { "admin": lb.admin.to_string() },
+        "phases": phases,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    common::run_json(&profile, false, Some(dir.path())).await;
+    let summary = common::read_json(&dir.path().join("summary.json"));
+    common::assert_schema("summary.schema.json", &summary);
+    summary
+}
+
+#[tokio::test]
+async fn the_port_wall_end_to_end_through_the_harness() {
+    // Scaled from the 1,000 ports and 1,500 connections: 200 ports, 300 connections.
+    let phases = serde_json::json!([
+        { "ramp": { "rate": 1000 } },
+        { "hold": { "for": "1500ms" } }
+    ]);
+    let sink = common::SinkProcess::start();
+    let off = NlbProcess::start(
+        &[sink.addr],
+        &["--ports-per-target", "200", "--on-exhaustion", "reset"],
+    );
+    let summary = run_through(&off, 300, phases.clone()).await;
+    let nlb = &summary["nlb"];
+    assert_eq!(nlb["total"]["PortAllocationErrorCount"], 100, "{nlb:#}");
+    assert_eq!(nlb["total"]["NewFlowCount"], 200);
+    assert_eq!(nlb["peak_active_flows"], 200);
+    let errors: u64 = summary["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        errors, 100,
+        "the clients saw the refused flows: {}",
+        summary["errors"]
+    );
+    drop(off);
+
+    let on = NlbProcess::start(
+        &[sink.addr],
+        &[
+            "--ports-per-target",
+            "200",
+            "--on-exhaustion",
+            "reset",
+            "--client-ip-preservation",
+            "on",
+        ],
+    );
+    let summary = run_through(&on, 300, phases.clone()).await;
+    assert_eq!(summary["nlb"]["total"]["PortAllocationErrorCount"], 0);
+    assert_eq!(summary["nlb"]["total"]["NewFlowCount"], 300);
+    drop(on);
+
+    // Two targets: half the flows each, under the wall; and a phase deregisters one.
+    let second = common::SinkProcess::start();
+    let two = NlbProcess::start(
+        &[sink.addr, second.addr],
+        &["--ports-per-target", "200", "--on-exhaustion", "reset"],
+    );
+    let phases = serde_json::json!([
+        { "ramp": { "rate": 1000 } },
+        { "hold": { "for": "1s" } },
+        { "nlb": { "do": "deregister", "target": second.addr.to_string(), "for": "300ms" } }
+    ]);
+    let summary = run_through(&two, 300, phases).await;
+    let nlb = &summary["nlb"];
+    assert_eq!(nlb["total"]["PortAllocationErrorCount"], 0, "{nlb:#}");
+    assert_eq!(nlb["total"]["NewFlowCount"], 300);
+    assert_eq!(nlb["targets"][0]["registered"], true);
+    assert_eq!(
+        nlb["targets"][1]["registered"], false,
+        "the phase deregistered it"
+    );
+}
+
+#[tokio::test]
+async fn a_run_refuses_an_emulator_it_cannot_reach() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = unused.local_addr().unwrap();
+    drop(unused);
+    let profile = serde_json::json!({
+        "name": "nlb-unreachable",
+        "target": "embedded",
+        "connections": 1,
+        "nlb": { "admin": admin.to_string() },
+        "phases": [{ "ramp": { "rate": 10 } }],
+    });
+    let (options, _control_tx, _live_rx) = common::options(&profile, 1);
+    let error = stampede::run::execute(options)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.exit_code(), 2);
+    assert!(error.to_string().contains("nlb.admin"), "{error}");
+}

@@ -111,6 +111,45 @@ pub struct NlbMetrics {
 }
 
 impl NlbMetrics {
+    /// What changed since `earlier` (matched by node and by target); active flows stay levels.
+    pub fn since(&self, earlier: &NlbMetrics) -> NlbMetrics {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let before = earlier
+                    .nodes
+                    .iter()
+                    .find(|e| e.node == n.node)
+                    .map_or_else(CountersSnapshot::default, |e| e.counters);
+                NodeMetrics {
+                    counters: n.counters.since(&before),
+                    ..n.clone()
+                }
+            })
+            .collect();
+        let targets = self
+            .targets
+            .iter()
+            .map(|t| {
+                let before = earlier
+                    .targets
+                    .iter()
+                    .find(|e| e.target == t.target)
+                    .map_or_else(CountersSnapshot::default, |e| e.counters);
+                TargetMetrics {
+                    counters: t.counters.since(&before),
+                    ..t.clone()
+                }
+            })
+            .collect();
+        NlbMetrics {
+            nodes,
+            targets,
+            total: self.total.since(&earlier.total),
+        }
+    }
+
     /// One JSON line per node and per target, with counts since `earlier`.
     pub fn period_lines(&self, earlier: &NlbMetrics, unix_seconds: u64, period: f64) -> String {
         let mut out = String::new();
