@@ -28,7 +28,7 @@ use crate::agent::socket::{set_linger_zero, start_connect};
 /// How long the emulator waits for a target to accept (a real NLB retries its SYN about as
 /// long before giving up on the flow).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const COPY_BUFFER: usize = 16 * 1024;
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// Closes `stream` with a reset (RST) instead of a FIN.
 fn reset(stream: TcpStream) {
