@@ -85,6 +85,7 @@ pub struct Collector {
     agent_records: Vec<AgentRecord>,
     start_spread_ms: Option<f64>,
     nlb: Option<crate::nlb::NlbSummary>,
+    nlb_live: Option<crate::nlb::NlbLive>,
     /// Per phase: counters, connect latency and reconnect attempts of the intervals that
     /// overlap it.
     phase_stats: Vec<PhaseStats>,
@@ -129,7 +130,13 @@ impl Collector {
             start_spread_ms: None,
             phase_stats: Vec::new(),
             nlb: None,
+            nlb_live: None,
         }
+    }
+
+    /// Where the NLB emulator's latest sample is, for live snapshots until `set_nlb`.
+    pub fn set_nlb_live(&mut self, live: crate::nlb::NlbLive) {
+        self.nlb_live = Some(live);
     }
 
     /// The NLB emulator's counters for the run, for the summary.
@@ -282,7 +289,10 @@ impl Collector {
             },
             &self.aggregate,
         );
-        summary.nlb = self.nlb.clone();
+        summary.nlb = self
+            .nlb
+            .clone()
+            .or_else(|| self.nlb_live.as_ref().and_then(crate::nlb::NlbLive::get));
         summary
     }
 

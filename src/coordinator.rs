@@ -570,6 +570,9 @@ async fn drive(
         o.progress,
         o.live_tx,
     );
+    if let Some(watch) = &o.nlb_watch {
+        collector.set_nlb_live(watch.live());
+    }
     // Server phases need an admin address here: the swarm's sinks are other processes.
     let server_phases = tokio::spawn(crate::run::play_server_phases(
         o.profile.clone(),

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use admin::{TargetChange, admin_metrics, admin_target, serve_admin};
-pub use link::{NlbSummary, NlbWatch};
+pub use link::{NlbLive, NlbSummary, NlbWatch};
 use metrics::Counters;
 pub use metrics::{CountersSnapshot, NlbMetrics, NodeMetrics, TargetMetrics};
 use pool::PortPool;

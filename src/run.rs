@@ -298,6 +298,9 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         options.progress,
         options.live_tx.take(),
     );
+    if let Some(watch) = &nlb_watch {
+        collector.set_nlb_live(watch.live());
+    }
     let mut abort_reason: Option<String> = None;
     let mut finished = 0usize;
     let mut controls_open = true;

@@ -5,8 +5,8 @@
 //! Only reads the admin endpoint; `nlb` phases are played by `run::play_server_phases`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,11 +31,40 @@ pub struct NlbSummary {
     pub targets: Vec<TargetMetrics>,
 }
 
+impl NlbSummary {
+    fn of(admin: SocketAddr, baseline: &NlbMetrics, now: &NlbMetrics, peak: u64) -> NlbSummary {
+        let delta = now.since(baseline);
+        NlbSummary {
+            admin: admin.to_string(),
+            error: None,
+            peak_active_flows: peak.max(now.total.active),
+            total: delta.total,
+            nodes: delta.nodes,
+            targets: delta.targets,
+        }
+    }
+}
+
+/// The latest sample, for live views. Written by the sampler task, read by the collector.
+#[derive(Clone, Debug, Default)]
+pub struct NlbLive(Arc<Mutex<Option<NlbSummary>>>);
+
+impl NlbLive {
+    pub fn get(&self) -> Option<NlbSummary> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, summary: NlbSummary) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(summary);
+    }
+}
+
 pub struct NlbWatch {
     admin: SocketAddr,
     baseline: NlbMetrics,
     /// Written by the sampler task, read at the end.
     peak: Arc<AtomicU64>,
+    live: NlbLive,
     sampler: tokio::task::JoinHandle<()>,
 }
 
@@ -46,13 +75,16 @@ impl NlbWatch {
             format!("nlb.admin: {e}; start the emulator first (`stampede nlb --admin {admin} ...`)")
         })?;
         let peak = Arc::new(AtomicU64::new(baseline.total.active));
+        let live = NlbLive::default();
         let sampled = peak.clone();
+        let (live_tx, since) = (live.clone(), baseline.clone());
         let sampler = tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_EVERY);
             loop {
                 tick.tick().await;
                 if let Ok(now) = admin_metrics(admin).await {
-                    sampled.fetch_max(now.total.active, Ordering::Relaxed);
+                    let peak = sampled.fetch_max(now.total.active, Ordering::Relaxed);
+                    live_tx.set(NlbSummary::of(admin, &since, &now, peak));
                 }
             }
         });
@@ -60,25 +92,28 @@ impl NlbWatch {
             admin,
             baseline,
             peak,
+            live,
             sampler,
         })
+    }
+
+    /// The latest sample, for the dashboard and the metrics endpoint.
+    pub fn live(&self) -> NlbLive {
+        self.live.clone()
     }
 
     /// Reads the emulator once more and returns what the run made it count.
     pub async fn finish(self) -> NlbSummary {
         self.sampler.abort();
-        let (end, error) = match admin_metrics(self.admin).await {
-            Ok(end) => (end, None),
-            Err(e) => (self.baseline.clone(), Some(e)),
-        };
-        let delta = end.since(&self.baseline);
-        NlbSummary {
-            admin: self.admin.to_string(),
-            error,
-            peak_active_flows: self.peak.load(Ordering::Relaxed).max(end.total.active),
-            total: delta.total,
-            nodes: delta.nodes,
-            targets: delta.targets,
+        let peak = self.peak.load(Ordering::Relaxed);
+        match admin_metrics(self.admin).await {
+            Ok(end) => NlbSummary::of(self.admin, &self.baseline, &end, peak),
+            Err(e) => NlbSummary {
+                error: Some(e),
+                ..self.live.get().unwrap_or_else(|| {
+                    NlbSummary::of(self.admin, &self.baseline, &self.baseline, peak)
+                })
+            },
         }
     }
 }
