@@ -127,26 +127,31 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
     let sleep = tokio::time::sleep_until(flow.last + idle);
     tokio::pin!(sleep);
     let mut watching = true;
-    let end = loop {
-        let wake = tokio::select! {
-            end = std::future::poll_fn(|cx| flow.pump(&place, cx)) => Wake::Ended(end),
-            () = &mut sleep => Wake::Timer,
-            changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
-        };
-        match wake {
-            Wake::Ended(end) => break end,
-            Wake::Timer => {
-                let due = flow.last + idle;
-                if Instant::now() < due {
-                    sleep.as_mut().reset(due);
-                } else {
-                    break End::Idle;
+    // The termination may have come while this flow was still connecting, before it watched.
+    let end = if *terminate_rx.borrow_and_update() >= generation {
+        End::Terminated
+    } else {
+        loop {
+            let wake = tokio::select! {
+                end = std::future::poll_fn(|cx| flow.pump(&place, cx)) => Wake::Ended(end),
+                () = &mut sleep => Wake::Timer,
+                changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
+            };
+            match wake {
+                Wake::Ended(end) => break end,
+                Wake::Timer => {
+                    let due = flow.last + idle;
+                    if Instant::now() < due {
+                        sleep.as_mut().reset(due);
+                    } else {
+                        break End::Idle;
+                    }
                 }
-            }
-            Wake::Termination(false) => watching = false,
-            Wake::Termination(true) => {
-                if *terminate_rx.borrow_and_update() >= generation {
-                    break End::Terminated;
+                Wake::Termination(false) => watching = false,
+                Wake::Termination(true) => {
+                    if *terminate_rx.borrow_and_update() >= generation {
+                        break End::Terminated;
+                    }
                 }
             }
         }
