@@ -30,6 +30,7 @@ const EXAMPLES: &str = "Examples:
   stampede profile check profiles/many-sources.json
   stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
   stampede sink-admin 127.0.0.1:7001 close-fraction 0.5
+  stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000 --admin 127.0.0.1:7101
   stampede doctor profiles/smoke.json
 
 Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted.";
