@@ -813,3 +813,34 @@ async fn a_run_refuses_an_emulator_it_cannot_reach() {
     assert_eq!(error.exit_code(), 2);
     assert!(error.to_string().contains("nlb.admin"), "{error}");
 }
+
+#[tokio::test]
+async fn heartbeats_slower_than_the_idle_timeout_are_reset_faster_ones_not() {
+    let sink = common::SinkProcess::start();
+    let lb = NlbProcess::start(&[sink.addr], &["--idle-timeout", "1s"]);
+    let phases = serde_json::json!([
+        { "ramp": { "rate": 1000 } },
+        { "hold": { "for": "2500ms" } }
+    ]);
+    let profile = |interval: &str| {
+        serde_json::json!({
+            "name": "nlb-idle-test",
+            "target": { "addrs": [lb.addr.to_string()] },
+            "connections": 20,
+            "heartbeat": { "interval": interval, "payload_bytes": 8, "timeout": "1s" },
+            "reconnect": { "policy": "none" },
+            "nlb": { "admin": lb.admin.to_string() },
+            "phases": phases,
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    common::run_json(&profile("1500ms"), false, Some(dir.path())).await;
+    let slow = common::read_json(&dir.path().join("summary.json"));
+    assert_eq!(slow["errors"]["reset"], 20, "{:#}", slow["errors"]);
+    assert_eq!(slow["nlb"]["total"]["TCP_ELB_Reset_Count"], 20);
+    common::run_json(&profile("300ms"), false, Some(dir.path())).await;
+    let fast = common::read_json(&dir.path().join("summary.json"));
+    assert_eq!(fast["errors"]["reset"], 0, "{:#}", fast["errors"]);
+    assert_eq!(fast["nlb"]["total"]["TCP_ELB_Reset_Count"], 0);
+    assert_eq!(fast["nlb"]["total"]["NewFlowCount"], 20);
+}
