@@ -30,6 +30,7 @@ const EXAMPLES: &str = "Examples:
   stampede profile check profiles/many-sources.json
   stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
   stampede sink-admin 127.0.0.1:7001 close-fraction 0.5
+  stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000 --admin 127.0.0.1:7101
   stampede doctor profiles/smoke.json
 
 Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted.";
@@ -69,6 +70,9 @@ worker about 10 % headroom below its file limit. The first line printed is
 can wait for them. The admin endpoint has no authentication: keep it on loopback or
 a private network. Drive it with `stampede sink-admin`.")]
     Sink(SinkArgs),
+    /// Emulate an AWS Network Load Balancer in front of targets (an L4 TCP proxy).
+    #[command(after_help = NLB_HELP)]
+    Nlb(NlbArgs),
     /// Tell a running sink to close connections or stop or resume accepting (its --admin).
     #[command(after_help = "Examples:
   stampede sink-admin 127.0.0.1:7001 stats
@@ -272,6 +276,99 @@ fn parse_close_rate(text: &str) -> Result<f64, String> {
         })
 }
 
+const NLB_HELP: &str = "Examples:
+  stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000
+  stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000,127.0.0.1:7001 --nodes 2 \\
+      --ports-per-target 1000 --on-exhaustion reset --admin 127.0.0.1:7101 --metrics-period 5s
+  stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000 --idle-timeout 2s
+  curl -X POST http://127.0.0.1:7101/targets/127.0.0.1:7000/deregister
+  curl http://127.0.0.1:7101/metrics
+
+Node k (from 0) sends from 127.100.0.(k+1) unless --node-ips says otherwise; target i is in
+zone i mod nodes. With client-IP preservation off, each (node, target) pair has
+--ports-per-target source ports and --new-per-minute new allocations a minute; a flow that
+finds none is dropped or reset and counts in PortAllocationErrorCount.
+The first lines printed are `listening on ADDR` (and `admin on ADDR`), then one JSON line per
+node and per target each --metrics-period. The admin endpoint (GET /metrics, GET /metrics.json,
+POST /targets/ADDR/register|deregister) has no authentication: keep it on loopback.
+
+Limit: every flow holds two sockets, so one process holds about half its file limit in flows
+(about 9,900 with a 20,000 limit). Run one process per node (--nodes 1 --node-ips IP, each on
+its own --listen) to go further; see README \"NLB emulator\" for a kernel-NAT alternative.";
+
+/// `on` or `off`, as AWS writes target-group attributes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    fn on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    crate::profile::duration::parse_duration(text).ok_or_else(|| {
+        format!(
+            "{text:?} is not a duration; expected {}",
+            crate::profile::duration::DURATION_HINT
+        )
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct NlbArgs {
+    /// Address clients connect to (the load balancer's listener).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Target addresses (IP:PORT), comma-separated or repeated.
+    #[arg(long, value_name = "ADDR", value_delimiter = ',', required = true)]
+    pub targets: Vec<SocketAddr>,
+    /// Load-balancer nodes (one per availability zone).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=254))]
+    pub nodes: u16,
+    /// Source address of each node, one per node (default 127.100.0.1, 127.100.0.2, ...).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub node_ips: Vec<std::net::IpAddr>,
+    /// Connect to targets from the client's own IP (on) or the node's (off).
+    #[arg(long, value_enum, value_name = "on|off", default_value = "off")]
+    pub client_ip_preservation: OnOff,
+    /// With preservation off: simultaneous flows per (node, target) pair.
+    #[arg(long, value_name = "N", default_value_t = 55_000)]
+    pub ports_per_target: u32,
+    /// With preservation off: new port allocations per (node, target) pair per minute.
+    #[arg(long, value_name = "N", default_value_t = 55_000)]
+    pub new_per_minute: u32,
+    /// Forget a flow with no bytes either way for this long (AWS: 350s; sub-minute values
+    /// are allowed for rehearsals and tests).
+    #[arg(long, value_name = "DURATION", default_value = "350s", value_parser = parse_duration_arg)]
+    pub idle_timeout: Duration,
+    /// A flow that gets no port: `drop` (held unanswered, as a dropped SYN looks to a client
+    /// that already connected) or `reset`.
+    #[arg(long, value_enum, value_name = "drop|reset", default_value = "drop")]
+    pub on_exhaustion: crate::nlb::Exhaustion,
+    /// Let every node use every target (on), or only its own zone's (off).
+    #[arg(long, value_enum, value_name = "on|off", default_value = "off")]
+    pub cross_zone: OnOff,
+    /// After a deregistration, how long existing flows may continue.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration_or_zero)]
+    pub deregistration_delay: Duration,
+    /// Close a deregistered target's flows (with resets) when the delay ends.
+    #[arg(long, value_enum, value_name = "on|off", default_value = "off")]
+    pub connection_termination: OnOff,
+    /// Serve the admin endpoint (metrics, register, deregister) on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// How often to print the counters as JSON lines on stdout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    pub metrics_period: Duration,
+    /// No JSON metric lines on stdout.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct SinkAdminArgs {
     /// The sink's admin address (its --admin).
@@ -407,6 +504,7 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Agent(args) => agent_command(args).await,
         Command::Sink(args) => sink_command(args).await,
         Command::SinkAdmin(args) => sink_admin_command(args).await,
+        Command::Nlb(args) => nlb_command(args).await,
         Command::Profile(ProfileCommand::Check { file, set }) => match load(&file, &set) {
             Ok(profile) => {
                 print!("{}", plan_text::render(&profile));
@@ -873,4 +971,103 @@ async fn sink_admin_command(args: SinkAdminArgs) -> i32 {
             1
         }
     }
+}
+
+async fn nlb_command(args: NlbArgs) -> i32 {
+    let nodes = usize::from(args.nodes);
+    let node_ips = if args.node_ips.is_empty() {
+        crate::nlb::default_node_ips(nodes)
+    } else if args.node_ips.len() == nodes {
+        args.node_ips
+    } else {
+        eprint_line(&format!(
+            "stampede nlb: --node-ips: {} addresses for --nodes {nodes}; give one per node",
+            args.node_ips.len()
+        ));
+        return 2;
+    };
+    let config = crate::nlb::NlbConfig {
+        targets: args.targets,
+        node_ips,
+        client_ip_preservation: args.client_ip_preservation.on(),
+        ports_per_target: args.ports_per_target,
+        new_per_minute: args.new_per_minute,
+        idle_timeout: args.idle_timeout,
+        on_exhaustion: args.on_exhaustion,
+        cross_zone: args.cross_zone.on(),
+        deregistration_delay: args.deregistration_delay,
+        connection_termination: args.connection_termination.on(),
+    };
+    if let Err(e) = config.validate() {
+        eprint_line(&format!("stampede nlb: {e}"));
+        return 2;
+    }
+    if let Err(e) = crate::host::raise_fd_limit() {
+        eprint_line(&format!("stampede nlb: cannot raise RLIMIT_NOFILE: {e}"));
+    }
+    let listener = match sink::bind(args.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprint_line(&format!(
+                "stampede nlb: --listen {}: cannot listen: {e}; choose a free port or an address of this host",
+                args.listen
+            ));
+            return 2;
+        }
+    };
+    let admin = match args.admin {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprint_line(&format!(
+                    "stampede nlb: --admin {addr}: cannot listen: {e}; choose a free port or an address of this host"
+                ));
+                return 2;
+            }
+        },
+    };
+    let range = crate::host::ephemeral_port_range();
+    let kernel_ports = u32::from(range.last.saturating_sub(range.first)) + 1;
+    if !config.client_ip_preservation && config.ports_per_target > kernel_ports {
+        eprint_line(&format!(
+            "stampede nlb: --ports-per-target {} is above this host's ephemeral range \
+             ({}-{}, {kernel_ports} ports): the kernel will run out first (also counted as \
+             port allocation errors); widen net.ipv4.ip_local_port_range for an exact wall",
+            config.ports_per_target, range.first, range.last
+        ));
+    }
+    let nlb = crate::nlb::Nlb::new(config);
+    println!(
+        "listening on {}",
+        listener.local_addr().map_or(args.listen, |a| a)
+    );
+    if let Some(admin) = admin {
+        let bound = admin.local_addr().ok();
+        if let Some(bound) = bound {
+            println!("admin on {bound}");
+        }
+        tokio::spawn(crate::nlb::serve_admin(
+            admin,
+            nlb.clone(),
+            std::future::pending(),
+        ));
+    }
+    let _ = std::io::stdout().flush();
+    if !args.quiet {
+        tokio::spawn(crate::nlb::report_metrics(
+            nlb.clone(),
+            args.metrics_period,
+            |lines| {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(lines.as_bytes());
+                let _ = stdout.flush();
+            },
+        ));
+    }
+    crate::nlb::run(listener, nlb, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    0
 }

@@ -86,6 +86,8 @@ pub struct Collector {
     agent_rows: Vec<AgentRow>,
     agent_records: Vec<AgentRecord>,
     start_spread_ms: Option<f64>,
+    nlb: Option<crate::nlb::NlbSummary>,
+    nlb_live: Option<crate::nlb::NlbLive>,
     /// Per phase: counters, connect latency and reconnect attempts of the intervals that
     /// overlap it.
     phase_stats: Vec<PhaseStats>,
@@ -129,7 +131,19 @@ impl Collector {
             agent_records: Vec::new(),
             start_spread_ms: None,
             phase_stats: Vec::new(),
+            nlb: None,
+            nlb_live: None,
         }
+    }
+
+    /// Where the NLB emulator's latest sample is, for live snapshots until `set_nlb`.
+    pub fn set_nlb_live(&mut self, live: crate::nlb::NlbLive) {
+        self.nlb_live = Some(live);
+    }
+
+    /// The NLB emulator's counters for the run, for the summary.
+    pub fn set_nlb(&mut self, nlb: crate::nlb::NlbSummary) {
+        self.nlb = Some(nlb);
     }
 
     /// For swarm runs: how many agents are expected, and their rows for live views.
@@ -253,7 +267,7 @@ impl Collector {
     }
 
     fn summary(&self, elapsed: Duration, abort_reason: Option<String>) -> Summary {
-        Summary::build(
+        let mut summary = Summary::build(
             RunFacts {
                 profile: &self.profile_name,
                 requested: self.requested,
@@ -273,7 +287,12 @@ impl Collector {
                 phase_stats: self.phase_stats.clone(),
             },
             &self.aggregate,
-        )
+        );
+        summary.nlb = self
+            .nlb
+            .clone()
+            .or_else(|| self.nlb_live.as_ref().and_then(crate::nlb::NlbLive::get));
+        summary
     }
 
     fn live_snapshot(

@@ -298,6 +298,14 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
                 .into(),
         ));
     }
+    let nlb_watch = match options.profile.nlb {
+        Some(link) => Some(
+            crate::nlb::NlbWatch::start(link.admin)
+                .await
+                .map_err(RunError::Plan)?,
+        ),
+        None => None,
+    };
     // A directory that cannot be written is refused before anyone joins.
     let hlog = open_outputs(&options.outputs, &options.profile.name).map_err(RunError::Plan)?;
     let expected = options.agents;
@@ -326,6 +334,7 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
             live_tx: options.live_tx,
             listen,
             hlog,
+            nlb_watch,
         },
     )
     .await;
@@ -345,6 +354,7 @@ struct OptionsRest {
     live_tx: Option<LiveTx>,
     listen: SocketAddr,
     hlog: Option<HlogWriter>,
+    nlb_watch: Option<crate::nlb::NlbWatch>,
 }
 
 async fn drive(
@@ -560,6 +570,9 @@ async fn drive(
         o.progress,
         o.live_tx,
     );
+    if let Some(watch) = &o.nlb_watch {
+        collector.set_nlb_live(watch.live());
+    }
     // Server phases need an admin address here: the swarm's sinks are other processes.
     let server_phases = tokio::spawn(crate::run::play_server_phases(
         o.profile.clone(),
@@ -696,6 +709,9 @@ async fn drive(
         })
         .collect();
     collector.set_agent_records(records, spread);
+    if let Some(watch) = o.nlb_watch {
+        collector.set_nlb(watch.finish().await);
+    }
     if let Some(lost) = agents
         .iter()
         .filter(|a| a.status == "lost")

@@ -16,6 +16,7 @@
 //! - `views`: starts the dashboard and the metrics endpoint around a run, and drives it.
 //! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
 //! - `sink`: the built-in echo-and-hold target.
+//! - `nlb`: an AWS Network Load Balancer emulator (port allocation, idle timeout, draining).
 //! - `host` and `doctor`: this host's limits and whether a plan fits.
 
 pub mod agent;
@@ -26,6 +27,7 @@ pub mod doctor;
 pub mod host;
 pub mod live;
 pub mod metrics;
+pub mod nlb;
 pub mod profile;
 pub mod prometheus;
 pub mod report;

@@ -181,6 +181,21 @@ pub enum Phase {
         duration: Duration,
         reconnect: Option<ReconnectPolicy>,
     },
+    /// Blue/green through a load balancer: at the phase's start, deregister or register
+    /// `target` at the NLB emulator named by the profile's `nlb.admin`.
+    Nlb {
+        change: crate::nlb::TargetChange,
+        target: SocketAddr,
+        duration: Duration,
+        reconnect: Option<ReconnectPolicy>,
+    },
+}
+
+/// The NLB emulator (`stampede nlb`) a profile runs through: its admin endpoint, scraped into
+/// the summary and told about `nlb` phases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NlbLink {
+    pub admin: SocketAddr,
 }
 
 impl Phase {
@@ -192,6 +207,7 @@ impl Phase {
             Phase::Drain { .. } => "drain",
             Phase::Cutover { .. } => "cutover",
             Phase::Server { .. } => "server",
+            Phase::Nlb { .. } => "nlb",
         }
     }
 
@@ -201,7 +217,8 @@ impl Phase {
             Phase::Storm { reconnect, .. }
             | Phase::Drain { reconnect, .. }
             | Phase::Cutover { reconnect, .. }
-            | Phase::Server { reconnect, .. } => *reconnect,
+            | Phase::Server { reconnect, .. }
+            | Phase::Nlb { reconnect, .. } => *reconnect,
             Phase::Ramp { .. } | Phase::Hold { .. } => None,
         }
     }
@@ -233,6 +250,7 @@ pub struct Profile {
     pub on_agent_loss: AgentLoss,
     /// What a failed or closed connection does; phases may override it.
     pub reconnect: ReconnectPolicy,
+    pub nlb: Option<NlbLink>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +274,26 @@ struct RawProfile {
     thresholds: Vec<String>,
     #[serde(default)]
     on_agent_loss: Option<String>,
+    #[serde(default)]
+    reconnect: Option<RawReconnect>,
+    #[serde(default)]
+    nlb: Option<RawNlb>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNlb {
+    admin: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNlbPhase {
+    #[serde(rename = "do")]
+    action: String,
+    target: String,
+    #[serde(rename = "for")]
+    duration: String,
     #[serde(default)]
     reconnect: Option<RawReconnect>,
 }
@@ -287,6 +325,7 @@ enum RawPhase {
     Drain(RawDrain),
     Cutover(RawCutover),
     Server(RawServer),
+    Nlb(RawNlbPhase),
 }
 
 #[derive(Deserialize)]
@@ -700,6 +739,37 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
                     reconnect: phase_reconnect(&at, server.reconnect)?,
                 }
             }
+            RawPhase::Nlb(phase) => {
+                let at = format!("phases[{i}].nlb");
+                if raw.nlb.is_none() {
+                    return Err(ProfileError::at(
+                        at,
+                        "needs the emulator's admin address: add \"nlb\": {\"admin\": \"IP:PORT\"} at the top level (`stampede nlb --admin IP:PORT`)",
+                    ));
+                }
+                let change = match phase.action.as_str() {
+                    "deregister" => crate::nlb::TargetChange::Deregister,
+                    "register" => crate::nlb::TargetChange::Register,
+                    other => {
+                        return Err(ProfileError::at(
+                            format!("{at}.do"),
+                            format!("{other:?} is not valid; expected \"deregister\" or \"register\""),
+                        ));
+                    }
+                };
+                let target = phase.target.parse::<SocketAddr>().map_err(|_| {
+                    ProfileError::at(
+                        format!("{at}.target"),
+                        format!("{:?} is not the IP:port of one of the emulator's targets", phase.target),
+                    )
+                })?;
+                Phase::Nlb {
+                    change,
+                    target,
+                    duration: duration_at(&format!("{at}.for"), &phase.duration)?,
+                    reconnect: phase_reconnect(&at, phase.reconnect)?,
+                }
+            }
             RawPhase::Cutover(cutover) => {
                 let at = format!("phases[{i}].cutover");
                 if cutover.to.is_empty() {
@@ -745,6 +815,20 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         .map(|r| r.validate("reconnect"))
         .transpose()?
         .unwrap_or_default();
+    let nlb = match &raw.nlb {
+        None => None,
+        Some(link) => Some(NlbLink {
+            admin: link.admin.parse::<SocketAddr>().map_err(|_| {
+                ProfileError::at(
+                    "nlb.admin",
+                    format!(
+                        "{:?} is not the IP:port of an emulator's admin endpoint (`stampede nlb --admin IP:PORT`)",
+                        link.admin
+                    ),
+                )
+            })?,
+        }),
+    };
     let on_agent_loss = match raw.on_agent_loss.as_deref() {
         None | Some("continue") => AgentLoss::Continue,
         Some("abort") => AgentLoss::Abort,
@@ -768,6 +852,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         thresholds,
         on_agent_loss,
         reconnect,
+        nlb,
     })
 }
 

@@ -170,6 +170,21 @@ pub async fn play_server_phases(
 ) {
     let spans = timeline::spans(&profile);
     for (span, phase) in spans.iter().zip(&profile.phases) {
+        if let Phase::Nlb { change, target, .. } = phase {
+            tokio::time::sleep_until(start + span.start).await;
+            let outcome = match profile.nlb {
+                Some(link) => crate::nlb::admin_target(link.admin, *target, *change).await,
+                None => Err("the profile names no nlb.admin".to_string()),
+            };
+            if let Err(e) = outcome {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "stampede: phase {} (nlb): {e}",
+                    span.index + 1
+                );
+            }
+            continue;
+        }
         let Phase::Server { action, admin, .. } = phase else {
             continue;
         };
@@ -215,6 +230,14 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         workers: options.workers,
         allow_overcommit: options.allow_overcommit,
     })?;
+    let nlb_watch = match options.profile.nlb {
+        Some(link) => Some(
+            crate::nlb::NlbWatch::start(link.admin)
+                .await
+                .map_err(RunError::Plan)?,
+        ),
+        None => None,
+    };
     let profile = &options.profile;
     let spans = timeline::spans(profile);
     let outputs = Outputs {
@@ -275,6 +298,9 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         options.progress,
         options.live_tx.take(),
     );
+    if let Some(watch) = &nlb_watch {
+        collector.set_nlb_live(watch.live());
+    }
     let mut abort_reason: Option<String> = None;
     let mut finished = 0usize;
     let mut controls_open = true;
@@ -316,6 +342,9 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .is_err()
     {
         abort_reason.get_or_insert_with(|| "a worker thread panicked".to_string());
+    }
+    if let Some(watch) = nlb_watch {
+        collector.set_nlb(watch.finish().await);
     }
     let _ = sink_stop_tx.send(());
     if let Some(task) = sink_task {

@@ -12,7 +12,7 @@
 //! - `workers`: `stampede sink --workers N`, one sink as N processes sharing its ports.
 
 mod action;
-mod admin;
+pub(crate) mod admin;
 mod control;
 pub mod workers;
 

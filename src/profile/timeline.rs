@@ -60,7 +60,8 @@ pub fn spans(profile: &Profile) -> Vec<PhaseSpan> {
             | Phase::Storm { duration, .. }
             | Phase::Drain { duration, .. }
             | Phase::Cutover { duration, .. }
-            | Phase::Server { duration, .. } => PhaseSpan {
+            | Phase::Server { duration, .. }
+            | Phase::Nlb { duration, .. } => PhaseSpan {
                 index,
                 kind: phase.kind(),
                 start: clock,

@@ -279,6 +279,9 @@ pub struct Summary {
     pub agents: Vec<AgentRecord>,
     /// Swarm runs: spread between the earliest and latest actual agent start.
     pub start_spread_ms: Option<f64>,
+    /// What the NLB emulator named by the profile's `nlb.admin` counted during the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nlb: Option<crate::nlb::NlbSummary>,
 }
 
 /// What the run knows besides the merged figures.
@@ -412,6 +415,7 @@ impl Summary {
             timeline: aggregate.timeline.clone(),
             agents: facts.agents,
             start_spread_ms: facts.start_spread_ms,
+            nlb: None,
         };
         summary.thresholds = facts
             .thresholds

@@ -135,7 +135,7 @@ pub fn render(summary: &Summary) -> String {
     let disruptive: Vec<_> = summary
         .phases
         .iter()
-        .filter(|p| matches!(p.name, "storm" | "drain" | "cutover" | "server"))
+        .filter(|p| matches!(p.name, "storm" | "drain" | "cutover" | "server" | "nlb"))
         .collect();
     if !disruptive.is_empty() {
         let _ = writeln!(
@@ -178,6 +178,9 @@ pub fn render(summary: &Summary) -> String {
     if summary.targets.len() > 1 {
         scope_rows(&mut out, "targets", &summary.targets);
     }
+    if let Some(nlb) = &summary.nlb {
+        nlb_rows(&mut out, nlb);
+    }
     if summary.thresholds.is_empty() {
         let _ = writeln!(out, "thresholds   none set");
     } else {
@@ -198,4 +201,44 @@ pub fn render(summary: &Summary) -> String {
         }
     }
     out
+}
+
+/// What the NLB emulator counted during the run: the total, then each target if several.
+fn nlb_rows(out: &mut String, nlb: &crate::nlb::NlbSummary) {
+    if let Some(error) = &nlb.error {
+        let _ = writeln!(
+            out,
+            "nlb          {} unreadable at the end: {error}",
+            nlb.admin
+        );
+        return;
+    }
+    let row = |out: &mut String, label: &str, c: &crate::nlb::CountersSnapshot| {
+        let _ = writeln!(
+            out,
+            "{label:<12} new flows {}  port allocation errors {}  resets elb {} target {} client {}  bytes {}",
+            c.new_flows,
+            c.port_allocation_errors,
+            c.elb_resets,
+            c.target_resets,
+            c.client_resets,
+            c.bytes
+        );
+    };
+    let _ = writeln!(
+        out,
+        "nlb          {}  peak active flows {}",
+        nlb.admin, nlb.peak_active_flows
+    );
+    row(out, "  total", &nlb.total);
+    if nlb.targets.len() > 1 {
+        for t in &nlb.targets {
+            let label = format!(
+                "  {}{}",
+                t.target,
+                if t.registered { "" } else { " (deregistered)" }
+            );
+            row(out, &label, &t.counters);
+        }
+    }
 }

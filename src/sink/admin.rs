@@ -22,10 +22,10 @@ use super::control::{ControlError, SinkControl, SinkStatus};
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 4 * 1024;
 /// For the whole exchange on either side: reading the request, acting, answering.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE: usize = 64 * 1024;
 /// Input read and dropped after answering, before closing.
-const MAX_DRAIN: usize = 64 * 1024;
+pub(crate) const MAX_DRAIN: usize = 64 * 1024;
 
 /// Serves the admin endpoint until `shutdown` completes: `POST /action` with a JSON body of one
 /// `SinkAction` (e.g. `{"action":"close_fraction","fraction":0.5}`), answered with the state
@@ -60,14 +60,14 @@ pub async fn serve_admin(
     }
 }
 
-struct Response {
+pub(crate) struct Response {
     status: &'static str,
     allow: Option<&'static str>,
     body: String,
 }
 
 impl Response {
-    fn json(status: &'static str, body: String) -> Response {
+    pub(crate) fn json(status: &'static str, body: String) -> Response {
         Response {
             status,
             allow: None,
@@ -75,11 +75,11 @@ impl Response {
         }
     }
 
-    fn error(status: &'static str, message: &str) -> Response {
+    pub(crate) fn error(status: &'static str, message: &str) -> Response {
         Response::json(status, serde_json::json!({ "error": message }).to_string())
     }
 
-    fn not_allowed(allow: &'static str) -> Response {
+    pub(crate) fn not_allowed(allow: &'static str) -> Response {
         Response {
             allow: Some(allow),
             ..Response::error(
@@ -89,7 +89,7 @@ impl Response {
         }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         let mut head = format!(
             "HTTP/1.1 {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
              Cache-Control: no-store\r\nConnection: close\r\n",
@@ -131,14 +131,16 @@ async fn serve(
     Ok(())
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
+pub(crate) struct Request {
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Reads one request; `Err` in the inner result is the answer to a malformed one.
-async fn read_request(stream: &mut TcpStream) -> std::io::Result<Result<Request, Response>> {
+pub(crate) async fn read_request(
+    stream: &mut TcpStream,
+) -> std::io::Result<Result<Request, Response>> {
     let mut data = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let head_end = loop {
@@ -276,7 +278,12 @@ fn parse_status(admin: SocketAddr, text: &str) -> Result<SinkStatus, String> {
 }
 
 /// One request; returns the body of a 200 answer, or what went wrong.
-async fn call(admin: SocketAddr, method: &str, path: &str, body: &str) -> Result<String, String> {
+pub(crate) async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
     let exchange = async {
         let mut stream = TcpStream::connect(admin)
             .await

@@ -1157,6 +1157,19 @@ fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
 }
 
 fn draw_targets(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
+    let area = match &s.summary.nlb {
+        None => area,
+        Some(nlb) => {
+            let rows = (nlb.nodes.len() + nlb.targets.len()) as u16;
+            let [targets, lb] = Layout::vertical([
+                Constraint::Min(5),
+                Constraint::Length((rows + 3).min(area.height / 2)),
+            ])
+            .areas(area);
+            draw_nlb(frame, lb, nlb);
+            targets
+        }
+    };
     let targets = &s.summary.targets;
     let open: u64 = targets.iter().map(open_of).sum();
     let name = name_width("target", targets.iter().map(|c| c.addr.as_str()));
@@ -1200,6 +1213,66 @@ fn draw_targets(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
         ],
         rows,
         scroll,
+    );
+}
+
+/// What the NLB emulator in front of the targets counted during the run, per node and target.
+fn draw_nlb(frame: &mut Frame, area: Rect, nlb: &crate::nlb::NlbSummary) {
+    let counters = |label: String, c: &crate::nlb::CountersSnapshot, note: &str| {
+        let flagged = |n: u64| {
+            Cell::from(Line::from(thousands(n)).right_aligned().style(if n > 0 {
+                Style::new().fg(ERRORS)
+            } else {
+                Style::new()
+            }))
+        };
+        Row::new([
+            Cell::from(label),
+            right(thousands(c.active)),
+            right(thousands(c.new_flows)),
+            flagged(c.port_allocation_errors),
+            flagged(c.elb_resets),
+            right(thousands(c.target_resets + c.client_resets)),
+            Cell::from(Span::styled(note.to_string(), DIM)),
+        ])
+    };
+    let rows = nlb
+        .nodes
+        .iter()
+        .map(|n| counters(format!("node {}", n.ip), &n.counters, ""))
+        .chain(nlb.targets.iter().map(|t| {
+            let note = if t.registered { "" } else { "deregistered" };
+            counters(t.target.clone(), &t.counters, note)
+        }))
+        .collect();
+    let name = name_width(
+        "node 127.100.0.1",
+        nlb.targets.iter().map(|t| t.target.as_str()),
+    ) + 5;
+    draw_scrolled(
+        frame,
+        area,
+        "NLB",
+        vec![
+            "node / target",
+            "active",
+            "new",
+            "port errors",
+            "LB resets",
+            "passed on",
+            "",
+        ],
+        vec![
+            Constraint::Length(name),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(11),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Min(0),
+        ],
+        rows,
+        0,
     );
 }
 
@@ -1355,6 +1428,50 @@ mod tests {
             failures.extend(compare(&name, &text(&render(&app, width, height))));
         }
         assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    }
+
+    #[test]
+    fn the_targets_view_shows_what_the_nlb_counted() {
+        let mut snapshot = fixture::snapshot();
+        let counters = crate::nlb::CountersSnapshot {
+            active: 1000,
+            new_flows: 1000,
+            port_allocation_errors: 500,
+            elb_resets: 500,
+            ..Default::default()
+        };
+        snapshot.summary.nlb = Some(crate::nlb::NlbSummary {
+            admin: "127.0.0.1:7101".into(),
+            error: None,
+            peak_active_flows: 1000,
+            total: counters,
+            nodes: vec![crate::nlb::NodeMetrics {
+                node: 0,
+                ip: "127.100.0.1".into(),
+                zone: 0,
+                counters,
+            }],
+            targets: vec![crate::nlb::TargetMetrics {
+                target: "127.0.0.1:7000".into(),
+                zone: 0,
+                registered: false,
+                counters,
+            }],
+        });
+        let mut app = app_with(snapshot);
+        app.view = View::Targets;
+        let screen = text(&render(&app, 100, 30));
+        for needle in [
+            "NLB",
+            "node 127.100.0.1",
+            "127.0.0.1:7000",
+            "port errors",
+            "500",
+            "deregistered",
+            "Targets",
+        ] {
+            assert!(screen.contains(needle), "{needle:?} missing:\n{screen}");
+        }
     }
 
     #[test]

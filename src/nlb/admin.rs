@@ -1,0 +1,159 @@
+//! The emulator's admin endpoint, for operators and for profile phases: `GET /metrics`
+//! (Prometheus text), `GET /metrics.json`, `POST /targets/ADDR/deregister` and
+//! `POST /targets/ADDR/register`. And the client the harness uses.
+//!
+//! The same tiny HTTP/1.1 server as the sink's (one request per connection, bounded head,
+//! body and time); no authentication, so keep it on loopback or a private network.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{Nlb, NlbMetrics};
+use crate::sink::admin::{MAX_DRAIN, REQUEST_TIMEOUT, Request, Response, call, read_request};
+
+/// Register or deregister, for `admin_target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetChange {
+    Register,
+    Deregister,
+}
+
+impl TargetChange {
+    fn verb(self) -> &'static str {
+        match self {
+            TargetChange::Register => "register",
+            TargetChange::Deregister => "deregister",
+        }
+    }
+}
+
+/// Serves the admin endpoint until `shutdown` completes.
+pub async fn serve_admin(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let nlb = nlb.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &nlb)).await;
+                    });
+                }
+                // Out of descriptors, most likely (flows hold two each): back off, keep serving.
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, nlb: &Arc<Nlb>) -> std::io::Result<()> {
+    let bytes = match read_request(&mut stream).await? {
+        Ok(request) => respond(&request, nlb),
+        Err(response) => response.bytes(),
+    };
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await?;
+    // Read what the client still sends, so closing does not reset away our answer.
+    let mut left = MAX_DRAIN;
+    let mut buf = [0u8; 1024];
+    while left > 0 {
+        match stream.read(&mut buf).await? {
+            0 => break,
+            n => left = left.saturating_sub(n),
+        }
+    }
+    Ok(())
+}
+
+fn respond(request: &Request, nlb: &Arc<Nlb>) -> Vec<u8> {
+    let path = request.path.as_str();
+    if path == "/metrics" {
+        if request.method != "GET" {
+            return Response::not_allowed("GET").bytes();
+        }
+        let body = nlb.metrics().prometheus();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        return [head.into_bytes(), body.into_bytes()].concat();
+    }
+    if path == "/metrics.json" {
+        if request.method != "GET" {
+            return Response::not_allowed("GET").bytes();
+        }
+        let json = serde_json::to_string(&nlb.metrics()).unwrap_or_else(|_| "{}".into());
+        return Response::json("200 OK", json).bytes();
+    }
+    let change = path.strip_prefix("/targets/").and_then(|rest| {
+        let (addr, verb) = rest.rsplit_once('/')?;
+        let change = match verb {
+            "register" => TargetChange::Register,
+            "deregister" => TargetChange::Deregister,
+            _ => return None,
+        };
+        Some((addr, change))
+    });
+    let Some((addr, change)) = change else {
+        return Response::error(
+            "404 Not Found",
+            "the nlb admin serves GET /metrics, GET /metrics.json, \
+             POST /targets/ADDR/register and POST /targets/ADDR/deregister",
+        )
+        .bytes();
+    };
+    if request.method != "POST" {
+        return Response::not_allowed("POST").bytes();
+    }
+    let Ok(addr) = addr.parse::<SocketAddr>() else {
+        return Response::error(
+            "400 Bad Request",
+            &format!("{addr:?} is not a target address; expected IP:PORT (e.g. 127.0.0.1:7000)"),
+        )
+        .bytes();
+    };
+    let done = match change {
+        TargetChange::Register => nlb.register(addr),
+        TargetChange::Deregister => nlb.deregister(addr),
+    };
+    match done {
+        Ok(()) => {
+            let json = serde_json::to_string(&nlb.metrics()).unwrap_or_else(|_| "{}".into());
+            Response::json("200 OK", json).bytes()
+        }
+        Err(message) => Response::error("404 Not Found", &message).bytes(),
+    }
+}
+
+fn renamed(e: String) -> String {
+    e.replacen("sink admin", "nlb admin", 1)
+}
+
+/// Reads an emulator's counters from its admin endpoint (bounded time).
+pub async fn admin_metrics(admin: SocketAddr) -> Result<NlbMetrics, String> {
+    let text = call(admin, "GET", "/metrics.json", "")
+        .await
+        .map_err(renamed)?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("nlb admin {admin}: unexpected answer ({e}): {text}"))
+}
+
+/// Registers or deregisters `target` at an emulator's admin endpoint (bounded time).
+pub async fn admin_target(
+    admin: SocketAddr,
+    target: SocketAddr,
+    change: TargetChange,
+) -> Result<(), String> {
+    let path = format!("/targets/{target}/{}", change.verb());
+    call(admin, "POST", &path, "")
+        .await
+        .map(drop)
+        .map_err(renamed)
+}

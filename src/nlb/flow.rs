@@ -1,0 +1,425 @@
+//! One flow through the emulator: route it, take a source port (preservation off), connect
+//! upstream from the node's IP (or the client's), then copy both ways until both sides close,
+//! one resets, the flow idles out, or its target's connection termination ends it.
+//!
+//! Idle tracking costs no timer per byte: each wake-up that moved bytes stamps one `Instant`,
+//! and one sleep per flow, armed for the stamp plus the timeout, re-arms itself when it finds
+//! the flow was busy. Buffers live on the stack of a poll, not in the flow; only bytes a slow
+//! receiver has not taken yet are kept, in a `Vec` that is empty otherwise.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::metrics::Counters;
+use super::pool::PortLease;
+use super::{Exhaustion, Nlb};
+use crate::agent::socket::{set_linger_zero, start_connect};
+
+/// How long the emulator waits for a target to accept (a real NLB retries its SYN about as
+/// long before giving up on the flow).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Closes `stream` with a reset (RST) instead of a FIN.
+fn reset(stream: TcpStream) {
+    set_linger_zero(stream.as_raw_fd());
+    drop(stream);
+}
+
+/// Counts one event at the flow's node and at its target.
+struct Place<'a> {
+    node: &'a Counters,
+    target: &'a Counters,
+}
+
+impl Place<'_> {
+    fn add(&self, pick: fn(&Counters) -> &std::sync::atomic::AtomicU64, n: u64) {
+        pick(self.node).fetch_add(n, Ordering::Relaxed);
+        pick(self.target).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Keeps a flow in `ActiveFlowCount` (and its port leased) while it lives.
+struct Active<'a> {
+    place: &'a Place<'a>,
+    _lease: Option<PortLease>,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.place.node.active.fetch_sub(1, Ordering::Relaxed);
+        self.place.target.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
+    let route = nlb.route(peer);
+    let node = &nlb.nodes[route.node];
+    let Some((target_index, generation)) = route.target else {
+        // No registered target anywhere: nothing can take the flow.
+        node.counters.elb_resets.fetch_add(1, Ordering::Relaxed);
+        reset(client);
+        return;
+    };
+    let target = &nlb.targets[target_index];
+    let place = Place {
+        node: &node.counters,
+        target: &target.counters,
+    };
+    let lease = match nlb.pool(route.node, target_index) {
+        None => None,
+        Some(pool) => match pool.allocate() {
+            Ok(lease) => Some(lease),
+            Err(_) => {
+                place.add(|c| &c.port_allocation_errors, 1);
+                refuse(&nlb, client, &place).await;
+                return;
+            }
+        },
+    };
+    place.add(|c| &c.new_flows, 1);
+    place.add(|c| &c.active, 1);
+    let active = Active {
+        place: &place,
+        _lease: lease,
+    };
+    let source = if nlb.config.client_ip_preservation {
+        peer.ip()
+    } else {
+        node.ip
+    };
+    let upstream = match connect(source, target.addr).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                // The kernel ran out of ports before the pool did.
+                place.add(|c| &c.port_allocation_errors, 1);
+            } else if e.kind() == io::ErrorKind::ConnectionRefused {
+                place.add(|c| &c.target_resets, 1);
+            } else {
+                place.add(|c| &c.elb_resets, 1);
+            }
+            reset(client);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let mut terminate_rx = target.terminate_tx.subscribe();
+    let mut flow = Flow {
+        client,
+        upstream,
+        up: Pipe::default(),
+        down: Pipe::default(),
+        last: Instant::now(),
+    };
+    let idle = nlb.config.idle_timeout;
+    let sleep = tokio::time::sleep_until(flow.last + idle);
+    tokio::pin!(sleep);
+    let mut watching = true;
+    // The termination may have come while this flow was still connecting, before it watched.
+    let end = if *terminate_rx.borrow_and_update() >= generation {
+        End::Terminated
+    } else {
+        loop {
+            let wake = tokio::select! {
+                end = std::future::poll_fn(|cx| flow.pump(&place, cx)) => Wake::Ended(end),
+                () = &mut sleep => Wake::Timer,
+                changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
+            };
+            match wake {
+                Wake::Ended(end) => break end,
+                Wake::Timer => {
+                    let due = flow.last + idle;
+                    if Instant::now() < due {
+                        sleep.as_mut().reset(due);
+                    } else {
+                        break End::Idle;
+                    }
+                }
+                Wake::Termination(false) => watching = false,
+                Wake::Termination(true) => {
+                    if *terminate_rx.borrow_and_update() >= generation {
+                        break End::Terminated;
+                    }
+                }
+            }
+        }
+    };
+    let Flow {
+        client, upstream, ..
+    } = flow;
+    match end {
+        End::Closed => {}
+        End::Client => {
+            place.add(|c| &c.client_resets, 1);
+            reset(upstream);
+            reset(client);
+        }
+        End::Target => {
+            place.add(|c| &c.target_resets, 1);
+            reset(client);
+            reset(upstream);
+        }
+        End::Terminated => {
+            place.add(|c| &c.elb_resets, 2);
+            reset(client);
+            reset(upstream);
+        }
+        End::Idle => {
+            // Forgotten: out of the active count, its port free again, at once.
+            drop(active);
+            forgotten(client, upstream, idle, &place).await;
+        }
+    }
+}
+
+/// A flow that got no port: reset it, or hold it unanswered (see `Exhaustion::Drop`).
+async fn refuse(nlb: &Nlb, client: TcpStream, place: &Place<'_>) {
+    match nlb.config.on_exhaustion {
+        Exhaustion::Reset => {
+            place.add(|c| &c.elb_resets, 1);
+            reset(client);
+        }
+        Exhaustion::Drop => {
+            let silent = async {
+                let mut buf = [0u8; 1024];
+                loop {
+                    if client.readable().await.is_err() {
+                        return;
+                    }
+                    match client.try_read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(nlb.config.idle_timeout, silent).await;
+            reset(client);
+        }
+    }
+}
+
+async fn connect(source: std::net::IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let stream = start_connect(Some(source), target, None)?;
+    let connected = async {
+        stream.writable().await?;
+        match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connected).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The flow after its idle timeout: the emulator has forgotten it, the ends have not. Each
+/// end's next packet (data or FIN) is answered with a reset. An end still silent one more
+/// timeout later is reset without counting, so the emulator does not keep its descriptor
+/// forever (a real NLB keeps none; that end would be reset on its next packet all the same).
+async fn forgotten(client: TcpStream, upstream: TcpStream, idle: Duration, place: &Place<'_>) {
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    let mut client = Some(client);
+    let mut upstream = Some(upstream);
+    while client.is_some() || upstream.is_some() {
+        let client_sent = async {
+            match &client {
+                Some(s) => next_packet(s).await,
+                None => std::future::pending().await,
+            }
+        };
+        let upstream_sent = async {
+            match &upstream {
+                Some(s) => next_packet(s).await,
+                None => std::future::pending().await,
+            }
+        };
+        let which = tokio::select! {
+            () = client_sent => Some(true),
+            () = upstream_sent => Some(false),
+            () = &mut deadline => None,
+        };
+        let side = match which {
+            Some(true) => client.take(),
+            Some(false) => upstream.take(),
+            None => break,
+        };
+        if let Some(stream) = side {
+            place.add(|c| &c.elb_resets, 1);
+            reset(stream);
+        }
+    }
+    for stream in [client, upstream].into_iter().flatten() {
+        reset(stream);
+    }
+}
+
+/// Waits until the peer has sent something (data, a FIN or a reset).
+async fn next_packet(stream: &TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            _ => return,
+        }
+    }
+}
+
+enum Wake {
+    Ended(End),
+    Timer,
+    Termination(bool),
+}
+
+/// How a flow ended.
+enum End {
+    /// Both ends closed in order.
+    Closed,
+    /// The client reset (or broke) the flow.
+    Client,
+    /// The target reset (or broke) the flow.
+    Target,
+    Idle,
+    Terminated,
+}
+
+/// One direction of a flow.
+#[derive(Default)]
+struct Pipe {
+    /// Bytes read but not yet taken by the receiver; empty unless the receiver is slow.
+    pending: Vec<u8>,
+    /// The sender closed its side; a FIN is still to be passed on.
+    eof: bool,
+    /// The FIN was passed on: this direction is over.
+    done: bool,
+}
+
+struct Flow {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// Client to target.
+    up: Pipe,
+    /// Target to client.
+    down: Pipe,
+    /// When bytes last moved either way.
+    last: Instant,
+}
+
+/// Which end failed a copy: the one read from, or the one written to.
+enum Fault {
+    Read,
+    Write,
+}
+
+impl Flow {
+    /// Moves what can move now; ready once the flow is over.
+    fn pump(&mut self, place: &Place<'_>, cx: &mut Context<'_>) -> Poll<End> {
+        let mut moved = 0u64;
+        let up = copy(
+            &mut self.client,
+            &mut self.upstream,
+            &mut self.up,
+            &mut moved,
+            cx,
+        );
+        let down = copy(
+            &mut self.upstream,
+            &mut self.client,
+            &mut self.down,
+            &mut moved,
+            cx,
+        );
+        if moved > 0 {
+            self.last = Instant::now();
+            place.add(|c| &c.bytes, moved);
+        }
+        match (up, down) {
+            (Poll::Ready(Err(Fault::Read)), _) | (_, Poll::Ready(Err(Fault::Write))) => {
+                Poll::Ready(End::Client)
+            }
+            (Poll::Ready(Err(Fault::Write)), _) | (_, Poll::Ready(Err(Fault::Read))) => {
+                Poll::Ready(End::Target)
+            }
+            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(End::Closed),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Copies `from` to `to` until `from` has nothing more now; ready once the direction is over
+/// (its FIN passed on) or failed.
+fn copy(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    pipe: &mut Pipe,
+    moved: &mut u64,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Fault>> {
+    let mut buf = [0u8; COPY_BUFFER];
+    loop {
+        if pipe.done {
+            return Poll::Ready(Ok(()));
+        }
+        while !pipe.pending.is_empty() {
+            match Pin::new(&mut *to).poll_write(cx, &pipe.pending) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    pipe.pending.drain(..n);
+                }
+                Poll::Ready(_) => return Poll::Ready(Err(Fault::Write)),
+            }
+        }
+        if pipe.eof {
+            return match Pin::new(&mut *to).poll_shutdown(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(())) => {
+                    pipe.done = true;
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(_)) => Poll::Ready(Err(Fault::Write)),
+            };
+        }
+        let mut read = ReadBuf::new(&mut buf);
+        match Pin::new(&mut *from).poll_read(cx, &mut read) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let data = read.filled();
+        if data.is_empty() {
+            pipe.eof = true;
+            continue;
+        }
+        *moved += data.len() as u64;
+        let mut sent = 0;
+        while sent < data.len() {
+            match to.try_write(&data[sent..]) {
+                Ok(n) if n > 0 => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(_) | Err(_) => return Poll::Ready(Err(Fault::Write)),
+            }
+        }
+        if sent < data.len() {
+            pipe.pending.extend_from_slice(&data[sent..]);
+        }
+    }
+}
