@@ -26,6 +26,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame a peer may send before it has proven the token (a hello, a challenge or a
+/// proof is a few hundred bytes), so a stranger cannot make either side reserve 16 MiB.
+pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 pub const NONCE_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +37,8 @@ pub enum WireError {
     Closed,
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     #[error("malformed message: {0}")]
     Malformed(String),
 }
@@ -148,7 +151,7 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> Result<(), WireError> {
     let body = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME {
-        return Err(WireError::TooLarge(body.len()));
+        return Err(WireError::TooLarge(body.len(), MAX_FRAME));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -158,6 +161,15 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 }
 
 pub async fn read_message<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, WireError> {
+    read_message_limited(input, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `limit` bytes. The body buffer grows with what actually arrives,
+/// so a peer that announces a large frame and then sends little costs little.
+pub async fn read_message_limited<R: AsyncRead + Unpin>(
+    input: &mut R,
+    limit: usize,
+) -> Result<Message, WireError> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
@@ -165,17 +177,17 @@ pub async fn read_message<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+    if len > limit.min(MAX_FRAME) {
+        return Err(WireError::TooLarge(len, limit.min(MAX_FRAME)));
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            WireError::Closed
-        } else {
-            e.into()
-        }
-    })?;
+    let mut body = Vec::with_capacity(len.min(HANDSHAKE_MAX_FRAME));
+    (&mut *input)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < len {
+        return Err(WireError::Closed);
+    }
     decode(&body)
 }
 
@@ -237,7 +249,8 @@ fn encode_histogram(h: &Histogram<u64>) -> String {
     BASE64.encode(bytes)
 }
 
-fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
+/// One V2(-deflate) histogram as it arrives in a report; anything but our bounds is refused.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
     let bytes = BASE64
         .decode(text)
         .map_err(|e| WireError::Malformed(format!("histogram is not base64: {e}")))?;
@@ -320,7 +333,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             read_message(&mut b).await,
-            Err(WireError::TooLarge(_))
+            Err(WireError::TooLarge(..))
         ));
 
         let (mut a, mut b) = tokio::io::duplex(1 << 10);
@@ -330,6 +343,27 @@ mod tests {
             read_message(&mut b).await,
             Err(WireError::Malformed(_))
         ));
+        drop(a);
+        assert!(matches!(read_message(&mut b).await, Err(WireError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn strangers_get_small_frames_and_announcing_a_big_one_reserves_nothing() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&(HANDSHAKE_MAX_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_message_limited(&mut b, HANDSHAKE_MAX_FRAME).await,
+            Err(WireError::TooLarge(_, HANDSHAKE_MAX_FRAME))
+        ));
+        // A session may announce up to 16 MiB; a peer that then sends a few bytes and hangs up
+        // is a closed connection, not a 16 MiB buffer.
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(b"{\"type\"").await.unwrap();
         drop(a);
         assert!(matches!(read_message(&mut b).await, Err(WireError::Closed)));
     }

@@ -199,10 +199,13 @@ pub(crate) async fn join(
     )
     .await
     .map_err(broken)?;
-    let reply = timeout(HANDSHAKE_TIMEOUT, wire::read_message(stream))
-        .await
-        .map_err(|_| exit(3, "the coordinator did not answer the hello"))?
-        .map_err(broken)?;
+    let reply = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| exit(3, "the coordinator did not answer the hello"))?
+    .map_err(broken)?;
     let (their_nonce, their_proof) = match reply {
         Message::Challenge { nonce, proof } => (nonce, proof),
         Message::Refused { reason } => {
@@ -239,10 +242,13 @@ pub(crate) async fn join(
     wire::write_message(stream, &Message::Proof { proof })
         .await
         .map_err(broken)?;
-    match timeout(HANDSHAKE_TIMEOUT, wire::read_message(stream))
-        .await
-        .map_err(|_| exit(3, "the coordinator did not answer the proof"))?
-        .map_err(broken)?
+    match timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| exit(3, "the coordinator did not answer the proof"))?
+    .map_err(broken)?
     {
         Message::Welcome => Ok(()),
         Message::Refused { reason } => Err(exit(
