@@ -113,7 +113,7 @@ async fn handshake(
     let Message::Hello {
         version,
         nonce: agent_nonce,
-        info,
+        mut info,
     } = hello
     else {
         return Err(Refusal::new(
@@ -121,6 +121,9 @@ async fn handshake(
             "the first message was not a hello",
         ));
     };
+    // Before a peer has proven anything its name is only text to print, and printed safely.
+    info.name = gate::printable(&info.name, 128);
+    info.host = gate::printable(&info.host, 255);
     if version != PROTOCOL_VERSION {
         return refuse(stream, RefusalKind::Version, format!(
             "agent {} speaks protocol version {version}, this coordinator speaks {PROTOCOL_VERSION}; run the same stampede release on both sides",

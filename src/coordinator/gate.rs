@@ -130,9 +130,33 @@ impl RefusalLog {
     }
 }
 
+/// A peer-given name as it may appear in a log line or a summary: control characters (a
+/// terminal escape, a forged newline) become `?`, and it is cut at `max` characters.
+pub fn printable(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_names_cannot_forge_lines_or_flood_the_log() {
+        assert_eq!(printable("agent-1", 64), "agent-1");
+        assert_eq!(
+            printable("x\nstampede coordinator: agent y joined\u{1b}[2J", 64),
+            "x?stampede coordinator: agent y joined?[2J"
+        );
+        assert_eq!(printable(&"a".repeat(70_000), 64).chars().count(), 65);
+    }
 
     #[test]
     fn each_kind_is_written_once_per_window_then_counted() {
