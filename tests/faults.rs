@@ -14,72 +14,14 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{SinkProcess, bin, read_json, wait_child};
+use common::{Lines, SinkProcess, bin, read_json, wait_child};
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use serde_json::{Value, json};
-
-/// Lines of a child's stream, read on a thread so that waits are bounded even when the child
-/// goes quiet.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(stream: impl Read + Send + 'static) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The first line from now on that matches, within `limit`.
-    fn wait(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!(
-                    "no matching line within {limit:?} ({e}); seen:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Everything until the stream ends (bounded), added to what was seen before.
-    fn all(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        while let Ok(line) = self
-            .rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
-        self.seen.clone()
-    }
-}
 
 fn write(dir: &Path, name: &str, profile: &Value) -> PathBuf {
     let path = dir.join(name);
@@ -300,7 +242,7 @@ fn agents_killed_mid_ramp_and_mid_storm_lose_only_their_own_intervals() {
         expected
     );
     assert!(missing(&summary, "keeper").is_none());
-    for (name, phase_end) in [("in-ramp", 2), ("in-storm", 6)] {
+    for (name, phase_end) in [("in-ramp", 3), ("in-storm", 7)] {
         let record = agent_record(&summary, name);
         assert_eq!(record["status"], "lost");
         let m = missing(&summary, name).unwrap_or_else(|| panic!("{name} not in missing"));
@@ -823,8 +765,9 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
     // The far agent hears nothing and closes everything it holds within its lease.
     far_sink_stats.wait(Duration::from_secs(6), |l| l.contains("open 0 "));
     let closed_after = cut.elapsed();
+    // The lease, plus the sink's one-second stats line, plus slack for a busy host.
     assert!(
-        closed_after < Duration::from_millis(3500),
+        closed_after < Duration::from_millis(4000),
         "closed {closed_after:?} after the cut; the lease is 2s"
     );
     let lost = coord

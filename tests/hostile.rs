@@ -8,74 +8,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{SinkProcess, bin, read_json, wait_child};
+use common::{Lines, SinkProcess, bin, read_json, wait_child};
 use serde_json::json;
 use stampede::wire::{self, AgentInfo, Message};
 
 const TOKEN: &str = "hostile-peers test token 0123456789";
-
-/// Lines of a child's stderr, read on a thread so that waits are bounded.
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(stream: impl Read + Send + 'static) -> Lines {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Lines {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait(&mut self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self
-                .rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(e) => panic!(
-                    "no matching line within {limit:?} ({e}); seen:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn all(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        while let Ok(line) = self
-            .rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
-        self.seen.clone()
-    }
-}
 
 fn info(name: &str) -> AgentInfo {
     AgentInfo {
@@ -138,10 +82,11 @@ fn recording_proxy(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
         });
         let mut buf = [0u8; 4096];
         while let Ok(n) = client_r.read(&mut buf) {
+            // Recorded before it is forwarded, so whatever the coordinator has seen is here.
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
             if n == 0 || server_w.write_all(&buf[..n]).is_err() {
                 break;
             }
-            record.lock().unwrap().extend_from_slice(&buf[..n]);
         }
     });
     (addr, recorded)
