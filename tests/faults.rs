@@ -818,3 +818,46 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
     assert!(last + 3 < expected, "last {last} of {expected}");
     assert_eq!(m["missing_intervals"], json!([last + 1, expected - 1]));
 }
+
+#[test]
+fn sigterm_to_a_coordinator_stops_every_agent_and_keeps_their_last_reports() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write(
+        dir.path(),
+        "p.json",
+        &json!({
+            "name": "swarm-signal",
+            "target": {"addrs": [sink.addr.to_string()]},
+            "connections": 300,
+            "heartbeat": {"interval": "250ms"},
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "60s"}}]
+        }),
+    );
+    let out = dir.path().join("coord");
+    let mut coord = coordinator(&[], &profile, 2, &out, &[]);
+    let mut agents = [
+        agent(&[], coord.addr, "a", &["--sources", "127.0.54.1"]),
+        agent(&[], coord.addr, "b", &["--sources", "127.0.54.2"]),
+    ];
+    coord.stderr.wait(Duration::from_secs(15), |l| {
+        l.contains("hold") && l.contains(" 300/300")
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(coord.child.id() as i32, libc::SIGTERM) };
+    let status = wait_child(&mut coord.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(3));
+    for a in &mut agents {
+        assert_eq!(wait_child(a, Duration::from_secs(5)).code(), Some(0));
+    }
+    let summary = read_json(&out.join("summary.json"));
+    common::assert_schema("summary.schema.json", &summary);
+    assert_eq!(summary["outcome"], "aborted");
+    assert_eq!(summary["abort_reason"], "interrupted by SIGTERM");
+    assert_eq!(summary["missing"], json!([]), "every last report arrived");
+    for name in ["a", "b"] {
+        assert_eq!(agent_record(&summary, name)["status"], "stopped");
+    }
+    assert_eq!(summary["connections"]["established"], 300);
+    assert_hlog_matches_summary(&out, &summary);
+}
