@@ -453,3 +453,93 @@ fn a_hostile_coordinator_cannot_hold_or_fool_an_agent() {
         assert!(took < Duration::from_secs(8), "{name}: took {took:?}");
     }
 }
+
+#[test]
+fn an_agent_dropped_by_a_busy_coordinator_tries_again_and_joins() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let profile = dir.path().join("p.json");
+    std::fs::write(
+        &profile,
+        json!({"name": "busy", "target": {"addrs": [sink.addr.to_string()]}, "connections": 20,
+               "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "500ms"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut coord = bin()
+        .args([
+            "coordinator",
+            "--headless",
+            "--listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+        ])
+        .args(["--join-timeout", "30s", "--token-file"])
+        .arg(&token)
+        .arg(&profile)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = Lines::new(coord.stderr.take().unwrap());
+    let line = log.wait(Duration::from_secs(10), |l| l.contains("listening on"));
+    let addr: SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // More slow senders than the coordinator takes handshakes: once it says it is dropping
+    // some, every slot is held for the next 5 s.
+    let slow: Vec<TcpStream> = (0..stampede::coordinator::gate::MAX_PENDING_HANDSHAKES + 20)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&[0, 0]).unwrap();
+            s
+        })
+        .collect();
+    log.wait(Duration::from_secs(5), |l| {
+        l.contains("handshakes already in flight")
+    });
+    let started = Instant::now();
+    let mut agent = bin()
+        .args([
+            "agent",
+            "--coordinator",
+            &addr.to_string(),
+            "--name",
+            "patient",
+        ])
+        .args(["--retry-for", "20s", "--token-file"])
+        .arg(&token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        wait_child(&mut agent, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    let mut text = String::new();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        text.contains("hung up during the handshake") && text.contains("trying again"),
+        "{text}"
+    );
+    assert!(text.contains("joined the coordinator"), "{text}");
+    assert_eq!(
+        wait_child(&mut coord, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(slow);
+}
