@@ -396,6 +396,8 @@ fn target_port_closed_mid_run_reconnects_are_refused_then_given_up() {
             "reconnect": {"policy": "fixed", "delay": "50ms", "max_attempts": 3},
             "phases": [
                 {"ramp": {"rate": 2000}},
+                // Every connection accepted before the listener goes (a busy sink may lag).
+                {"hold": {"for": "1s"}},
                 {"server": {"do": "stop_accepting", "admin": admin, "for": "500ms"}},
                 {"storm": {"fraction": 0.5, "mode": "close", "for": "1500ms"}}
             ]
@@ -408,6 +410,7 @@ fn target_port_closed_mid_run_reconnects_are_refused_then_given_up() {
     kill(&mut sink);
     let summary = read_json(&dir.path().join("summary.json"));
     let c = &summary["connections"];
+    assert_eq!(c["established"], 200, "{c}");
     assert_eq!(c["given_up"], 100, "{c}");
     assert_eq!(c["open_at_end"], 100, "the rest stay held: {c}");
     assert_eq!(summary["errors"]["refused"], 300, "{}", summary["errors"]);
