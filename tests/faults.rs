@@ -188,7 +188,7 @@ fn agents_killed_mid_ramp_and_mid_storm_lose_only_their_own_intervals() {
             "name": "killed-agents",
             "target": {"addrs": [sink.addr.to_string()]},
             "connections": 600,
-            "heartbeat": {"interval": "250ms"},
+            "heartbeat": {"interval": "250ms", "timeout": "5s"},
             "reconnect": {"policy": "immediate"},
             "phases": [
                 {"ramp": {"rate": 200}},
@@ -342,7 +342,7 @@ fn sink_killed_mid_hold_then_back_every_connection_reconnects_per_policy() {
             "target": {"addrs": [addr.to_string()]},
             "connections": 200,
             "sources": {"addrs": ["127.0.51.1"]},
-            "heartbeat": {"interval": "200ms"},
+            "heartbeat": {"interval": "200ms", "timeout": "5s"},
             "reconnect": {"policy": "fixed", "delay": "200ms", "max_attempts": 100},
             "phases": [{"ramp": {"rate": 2000}}, {"hold": {"for": "6s"}}]
         }),
@@ -452,7 +452,7 @@ fn small_profile(dir: &Path, target: SocketAddr) -> PathBuf {
             "name": "outputs",
             "target": {"addrs": [target.to_string()]},
             "connections": 50,
-            "heartbeat": {"interval": "100ms"},
+            "heartbeat": {"interval": "100ms", "timeout": "5s"},
             "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "2s"}}],
             "thresholds": ["errors <= 0"]
         }),
@@ -532,7 +532,7 @@ fn signal_in_phase(phase: &str, signal: i32, name: &str) -> Value {
             "name": "signals",
             "target": "embedded",
             "connections": 300,
-            "heartbeat": {"interval": "250ms"},
+            "heartbeat": {"interval": "250ms", "timeout": "5s"},
             "reconnect": {"policy": "immediate"},
             "phases": [
                 {"ramp": {"rate": 150}},
@@ -744,7 +744,7 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
             "name": "partition",
             "target": {"addrs": [target.to_string()]},
             "connections": 400,
-            "heartbeat": {"interval": "250ms"},
+            "heartbeat": {"interval": "250ms", "timeout": "5s"},
             "phases": [{"ramp": {"rate": 800}}, {"hold": {"for": "7s"}}]
         }),
     );
@@ -833,7 +833,7 @@ fn sigterm_to_a_coordinator_stops_every_agent_and_keeps_their_last_reports() {
             "name": "swarm-signal",
             "target": {"addrs": [sink.addr.to_string()]},
             "connections": 300,
-            "heartbeat": {"interval": "250ms"},
+            "heartbeat": {"interval": "250ms", "timeout": "5s"},
             "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "60s"}}]
         }),
     );

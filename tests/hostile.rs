@@ -141,7 +141,7 @@ fn hostile_peers_are_refused_logged_once_and_the_run_still_passes() {
             "name": "under-attack",
             "target": {"addrs": [sink.addr.to_string()]},
             "connections": 200,
-            "heartbeat": {"interval": "250ms"},
+            "heartbeat": {"interval": "250ms", "timeout": "5s"},
             "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "8s"}}],
             "thresholds": ["errors <= 0", "established_ratio >= 1"]
         })
