@@ -5,6 +5,7 @@
 //! It holds no load connections itself. A misbehaving peer costs it one session, never the run.
 //! `local` runs a whole swarm on this host (`stampede run --agents N`).
 
+pub mod gate;
 pub mod local;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::report::hlog::HlogWriter;
 use crate::report::summary::AgentRecord;
 use crate::run::RunError;
 use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireError};
+use gate::{Refusal, RefusalKind, RefusalLog};
 
 /// How long a peer may take over each handshake step.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,15 +69,21 @@ struct Joined {
     stream: TcpStream,
 }
 
-async fn refuse(mut stream: TcpStream, reason: String) -> Result<Joined, String> {
-    let _ = wire::write_message(
-        &mut stream,
-        &Message::Refused {
-            reason: reason.clone(),
-        },
+async fn refuse(
+    mut stream: TcpStream,
+    kind: RefusalKind,
+    reason: String,
+) -> Result<Joined, Refusal> {
+    // A peer that does not read must not hold this task: the refusal is best effort.
+    let refused = Message::Refused {
+        reason: reason.clone(),
+    };
+    let _ = timeout(
+        Duration::from_secs(1),
+        wire::write_message(&mut stream, &refused),
     )
     .await;
-    Err(reason)
+    Err(Refusal::new(kind, reason))
 }
 
 /// Authenticates one peer. Without a token only loopback peers are admitted.
@@ -83,29 +91,48 @@ async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
     token: Option<&[u8]>,
-) -> Result<Joined, String> {
-    let step = |what: &'static str| move |_| format!("no {what} within {HANDSHAKE_TIMEOUT:?}");
-    let hello = timeout(HANDSHAKE_TIMEOUT, wire::read_message(&mut stream))
-        .await
-        .map_err(step("hello"))?
-        .map_err(|e| format!("bad hello: {e}"))?;
+) -> Result<Joined, Refusal> {
+    let step = |what: &'static str| {
+        move |_| {
+            Refusal::new(
+                RefusalKind::Timeout,
+                format!("no {what} within {HANDSHAKE_TIMEOUT:?}"),
+            )
+        }
+    };
+    let bad = |what: &'static str| {
+        move |e: WireError| Refusal::new(RefusalKind::Malformed, format!("bad {what}: {e}"))
+    };
+    let hello = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(&mut stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(step("hello"))?
+    .map_err(bad("hello"))?;
     let Message::Hello {
         version,
         nonce: agent_nonce,
-        info,
+        mut info,
     } = hello
     else {
-        return Err("the first message was not a hello".into());
+        return Err(Refusal::new(
+            RefusalKind::Malformed,
+            "the first message was not a hello",
+        ));
     };
+    // Before a peer has proven anything its name is only text to print, and printed safely.
+    info.name = gate::printable(&info.name, 128);
+    info.host = gate::printable(&info.host, 255);
     if version != PROTOCOL_VERSION {
-        return refuse(stream, format!(
+        return refuse(stream, RefusalKind::Version, format!(
             "agent {} speaks protocol version {version}, this coordinator speaks {PROTOCOL_VERSION}; run the same stampede release on both sides",
             info.name
         ))
         .await;
     }
     if token.is_none() && !peer.ip().is_loopback() {
-        return refuse(stream, format!(
+        return refuse(stream, RefusalKind::NotLoopback, format!(
             "agent {} connects from {}, but this coordinator has no token and admits only loopback agents; give both sides the same --token-file",
             info.name,
             peer.ip()
@@ -124,22 +151,31 @@ async fn handshake(
         },
     )
     .await
-    .map_err(|e| e.to_string())?;
-    let answer = timeout(HANDSHAKE_TIMEOUT, wire::read_message(&mut stream))
-        .await
-        .map_err(step("proof"))?
-        .map_err(|e| format!("bad proof: {e}"))?;
+    .map_err(bad("stream"))?;
+    let answer = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(&mut stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(step("proof"))?
+    .map_err(bad("proof"))?;
     let given = match answer {
         Message::Proof { proof } => proof,
         Message::Refused { reason } => {
-            return Err(format!("agent {} gave up: {reason}", info.name));
+            return Err(Refusal::new(
+                RefusalKind::Token,
+                format!("agent {} gave up: {reason}", info.name),
+            ));
         }
-        _ => return Err("expected a proof".into()),
+        _ => {
+            return Err(Refusal::new(RefusalKind::Malformed, "expected a proof"));
+        }
     };
     match token {
         Some(t) if !wire::verify(t, "agent", &nonce, &agent_nonce, &given) => {
             return refuse(
                 stream,
+                RefusalKind::Token,
                 format!(
                     "agent {} did not prove the token (wrong or missing --token-file)",
                     info.name
@@ -148,7 +184,7 @@ async fn handshake(
             .await;
         }
         None if !given.is_empty() => {
-            return refuse(stream, format!(
+            return refuse(stream, RefusalKind::Token, format!(
                 "agent {} has a token but this coordinator has none; give both sides the same --token-file",
                 info.name
             ))
@@ -158,12 +194,13 @@ async fn handshake(
     }
     wire::write_message(&mut stream, &Message::Welcome)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(bad("stream"))?;
     Ok(Joined { info, peer, stream })
 }
 
 /// Accepts peers, authenticates each on its own task, and hands the admitted ones over until
-/// the swarm is full. Later peers are refused.
+/// the swarm is full. Later peers are refused. Handshakes in flight are bounded and refusals
+/// are logged once per kind and window (see `gate`).
 async fn accept_loop(
     listener: TcpListener,
     token: Option<Vec<u8>>,
@@ -171,33 +208,63 @@ async fn accept_loop(
     full: Arc<AtomicBool>,
 ) {
     let token: Option<Arc<[u8]>> = token.map(Into::into);
+    let refusals = Arc::new(std::sync::Mutex::new(RefusalLog::default()));
+    let pending = Arc::new(tokio::sync::Semaphore::new(gate::MAX_PENDING_HANDSHAKES));
+    let note = |refusals: &std::sync::Mutex<RefusalLog>, peer, refusal: &Refusal| {
+        let lines = match refusals.lock() {
+            Ok(mut log) => log.refused(peer, refusal, Instant::now()),
+            Err(_) => Vec::new(),
+        };
+        lines.iter().for_each(|l| log(l));
+    };
+    let mut flush = tokio::time::interval(gate::LOG_WINDOW);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = flush.tick() => {
+                let lines = refusals.lock().map(|mut l| l.flush(Instant::now())).unwrap_or_default();
+                lines.iter().for_each(|l| log(l));
+                continue;
+            }
+        };
+        let Ok((stream, peer)) = accepted else {
             // Out of files for a moment: back off instead of spinning.
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            drop(stream);
+            let busy = Refusal::new(
+                RefusalKind::Busy,
+                format!(
+                    "{} handshakes already in flight; dropped without reading",
+                    gate::MAX_PENDING_HANDSHAKES
+                ),
+            );
+            note(&refusals, peer, &busy);
             continue;
         };
         let token = token.clone();
         let joined_tx = joined_tx.clone();
         let full = full.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
-            if full.load(Ordering::Relaxed) {
-                let mut stream = stream;
-                let _ = wire::write_message(
-                    &mut stream,
-                    &Message::Refused {
-                        reason: "the swarm is already complete".into(),
-                    },
+            let _permit = permit;
+            let outcome = if full.load(Ordering::Relaxed) {
+                refuse(
+                    stream,
+                    RefusalKind::Full,
+                    "the swarm is already complete".into(),
                 )
-                .await;
-                log(&format!("refused {peer}: the swarm is already complete"));
-                return;
-            }
-            match handshake(stream, peer, token.as_deref()).await {
+                .await
+            } else {
+                handshake(stream, peer, token.as_deref()).await
+            };
+            match outcome {
                 Ok(joined) => {
                     let _ = joined_tx.send(joined).await;
                 }
-                Err(reason) => log(&format!("refused {peer}: {reason}")),
+                Err(refusal) => note(&refusals, peer, &refusal),
             }
         });
     }
@@ -223,6 +290,9 @@ struct Agent {
     interval_p99: Option<u64>,
     started_us: Option<i64>,
     status: &'static str,
+    intervals_received: u64,
+    last_interval: Option<u64>,
+    late_reports: u64,
 }
 
 impl Agent {
@@ -399,6 +469,9 @@ async fn drive(
                     interval_p99: None,
                     started_us: None,
                     status: "running",
+                    intervals_received: 0,
+                    last_interval: None,
+                    late_reports: 0,
                 });
             }
             () = tokio::time::sleep_until(join_deadline) => {
@@ -588,6 +661,11 @@ async fn drive(
                 let Some((i, message)) = event else { break };
                 agents[i].last_heard = Instant::now();
                 match message {
+                    Ok(Message::Report(_)) if !agents[i].live() => {
+                        // Declared lost already: the intervals this covers were completed
+                        // without it, so merging it now would rewrite history.
+                        agents[i].late_reports += 1;
+                    }
                     Ok(Message::Report(report)) => {
                         let data = match report.decode() {
                             Ok(data) => data,
@@ -617,6 +695,8 @@ async fn drive(
                         let h = global.latency.get(Latency::Connect);
                         agent.interval_p99 = (!h.is_empty()).then(|| h.value_at_quantile(0.99));
                         agent.last_report = Some(Instant::now());
+                        agent.intervals_received += 1;
+                        agent.last_interval = Some(report.seq);
                         if report.last {
                             agent.status = if abort_reason.is_some() { "stopped" } else { "finished" };
                         }
@@ -706,6 +786,9 @@ async fn drive(
                 .map(|t| t.saturating_duration_since(run_start).as_secs_f64()),
             status: a.status.to_string(),
             start_offset_ms: a.started_us.map(|us| us as f64 / 1000.0),
+            intervals_received: a.intervals_received,
+            last_interval: a.last_interval,
+            late_reports: a.late_reports,
         })
         .collect();
     collector.set_agent_records(records, spread);

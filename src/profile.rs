@@ -909,6 +909,9 @@ fn validate_target(value: &Value) -> Result<TargetSpec, ProfileError> {
 
 fn validate_sources(raw: RawSources) -> Result<SourceSpec, ProfileError> {
     let mut addrs = Vec::new();
+    // A set, not `addrs.contains`: up to 65,536 addresses made that check quadratic (seconds
+    // per profile; found by fuzzing).
+    let mut seen = std::collections::HashSet::new();
     for (i, spec) in raw.addrs.iter().enumerate() {
         let expanded = sources::expand(spec).map_err(|e| {
             ProfileError::at(
@@ -917,7 +920,7 @@ fn validate_sources(raw: RawSources) -> Result<SourceSpec, ProfileError> {
             )
         })?;
         for ip in expanded {
-            if addrs.contains(&ip) {
+            if !seen.insert(ip) {
                 return Err(ProfileError::at(
                     format!("sources.addrs[{i}]"),
                     format!("{spec:?} repeats {ip}; list each source address once"),
@@ -1054,5 +1057,25 @@ mod tests {
             }
         );
         assert_eq!(p.heartbeat.unwrap().interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_largest_source_list_validates_in_linear_time() {
+        let profile = |addrs: serde_json::Value| {
+            serde_json::json!({
+                "name": "wide", "target": "embedded", "connections": 10,
+                "sources": {"addrs": addrs}, "phases": [{"ramp": {"rate": 10}}]
+            })
+        };
+        let started = std::time::Instant::now();
+        let wide =
+            Profile::from_value(profile(serde_json::json!(["127.0.0.0-127.0.255.255"]))).unwrap();
+        assert_eq!(wide.sources.addrs.len(), sources::MAX_SOURCE_ADDRS);
+        // Quadratic, this took over a second in release; linear, a few milliseconds.
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+        let repeated = profile(serde_json::json!(["127.0.0.1-127.0.0.9", "127.0.0.5"]));
+        let error = Profile::from_value(repeated).unwrap_err().to_string();
+        assert!(error.contains("repeats 127.0.0.5"), "{error}");
     }
 }

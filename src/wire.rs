@@ -26,6 +26,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Largest frame a peer may send before it has proven the token (a hello, a challenge or a
+/// proof is a few hundred bytes), so a stranger cannot make either side reserve 16 MiB.
+pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 pub const NONCE_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +37,8 @@ pub enum WireError {
     Closed,
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    #[error("frame of {0} bytes is over the {1}-byte limit")]
+    TooLarge(usize, usize),
     #[error("malformed message: {0}")]
     Malformed(String),
 }
@@ -148,7 +151,7 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 ) -> Result<(), WireError> {
     let body = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
     if body.len() > MAX_FRAME {
-        return Err(WireError::TooLarge(body.len()));
+        return Err(WireError::TooLarge(body.len(), MAX_FRAME));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -158,6 +161,15 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
 }
 
 pub async fn read_message<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, WireError> {
+    read_message_limited(input, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `limit` bytes. The body buffer grows with what actually arrives,
+/// so a peer that announces a large frame and then sends little costs little.
+pub async fn read_message_limited<R: AsyncRead + Unpin>(
+    input: &mut R,
+    limit: usize,
+) -> Result<Message, WireError> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
@@ -165,17 +177,17 @@ pub async fn read_message<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+    if len > limit.min(MAX_FRAME) {
+        return Err(WireError::TooLarge(len, limit.min(MAX_FRAME)));
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            WireError::Closed
-        } else {
-            e.into()
-        }
-    })?;
+    let mut body = Vec::with_capacity(len.min(HANDSHAKE_MAX_FRAME));
+    (&mut *input)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await?;
+    if body.len() < len {
+        return Err(WireError::Closed);
+    }
     decode(&body)
 }
 
@@ -237,12 +249,87 @@ fn encode_histogram(h: &Histogram<u64>) -> String {
     BASE64.encode(bytes)
 }
 
-fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
+/// HdrHistogram's V2 cookies (plain and deflate-compressed), and the plain header's size.
+const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+const V2_DEFLATE_COOKIE: u32 = 0x1c84_9304 | 0x10;
+const V2_HEADER: usize = 40;
+
+/// The largest V2 payload a histogram of our bounds can have: every count a 9-byte varint.
+fn max_payload() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| crate::metrics::new_histogram().distinct_values() * 9)
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The plain V2 bytes of a V2 or V2-deflate histogram, checked before HdrHistogram's decoder
+/// sees them: that decoder trusts the header and reserves (and zeroes) the announced payload
+/// length, so 40 bytes announcing 4 GiB cost 4 GiB and seconds; and a deflate stream may
+/// expand without bound. Only our bounds and payloads that fit them get through.
+fn checked_v2(bytes: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    let malformed = |what: String| WireError::Malformed(format!("histogram {what}"));
+    let plain = match be_u32(&bytes, 0) {
+        Some(V2_COOKIE) => bytes,
+        Some(V2_DEFLATE_COOKIE) => {
+            use std::io::Read as _;
+            let len = be_u32(&bytes, 4).ok_or_else(|| malformed("is truncated".into()))?;
+            let end = bytes.len().min(8usize.saturating_add(len as usize));
+            let limit = (V2_HEADER + max_payload()) as u64;
+            let mut plain = Vec::new();
+            flate2::read::ZlibDecoder::new(&bytes[8..end])
+                .take(limit + 1)
+                .read_to_end(&mut plain)
+                .map_err(|e| malformed(format!("does not inflate: {e}")))?;
+            if plain.len() as u64 > limit {
+                return Err(malformed(format!("inflates past {limit} bytes")));
+            }
+            plain
+        }
+        _ => return Err(malformed("is not HdrHistogram V2".into())),
+    };
+    let header = (|| {
+        Some((
+            be_u32(&plain, 0)?,
+            be_u32(&plain, 4)? as usize,
+            be_u32(&plain, 12)?,
+            be_u64(&plain, 16)?,
+            be_u64(&plain, 24)?,
+        ))
+    })();
+    let Some((cookie, payload, digits, low, high)) = header else {
+        return Err(malformed("header is truncated".into()));
+    };
+    if cookie != V2_COOKIE {
+        return Err(malformed("is not HdrHistogram V2".into()));
+    }
+    if (low, high, digits) != (LOWEST_US, HIGHEST_US, u32::from(SIGFIGS)) {
+        return Err(malformed(format!(
+            "bounds {low}..{high} at {digits} digits differ from {LOWEST_US}..{HIGHEST_US} at {SIGFIGS}"
+        )));
+    }
+    if payload > plain.len() - V2_HEADER || payload > max_payload() {
+        return Err(malformed(format!(
+            "announces {payload} bytes of counts but carries {}",
+            plain.len() - V2_HEADER
+        )));
+    }
+    Ok(plain)
+}
+
+/// One V2(-deflate) histogram as it arrives in a report; anything but our bounds is refused.
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
     let bytes = BASE64
         .decode(text)
         .map_err(|e| WireError::Malformed(format!("histogram is not base64: {e}")))?;
+    let plain = checked_v2(bytes)?;
     let h: Histogram<u64> = Deserializer::new()
-        .deserialize(&mut &bytes[..])
+        .deserialize(&mut &plain[..])
         .map_err(|e| WireError::Malformed(format!("histogram does not decode: {e:?}")))?;
     if h.low() != LOWEST_US || h.high() != HIGHEST_US || h.sigfig() != SIGFIGS {
         return Err(WireError::Malformed(format!(
@@ -320,7 +407,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             read_message(&mut b).await,
-            Err(WireError::TooLarge(_))
+            Err(WireError::TooLarge(..))
         ));
 
         let (mut a, mut b) = tokio::io::duplex(1 << 10);
@@ -330,6 +417,27 @@ mod tests {
             read_message(&mut b).await,
             Err(WireError::Malformed(_))
         ));
+        drop(a);
+        assert!(matches!(read_message(&mut b).await, Err(WireError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn strangers_get_small_frames_and_announcing_a_big_one_reserves_nothing() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&(HANDSHAKE_MAX_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_message_limited(&mut b, HANDSHAKE_MAX_FRAME).await,
+            Err(WireError::TooLarge(_, HANDSHAKE_MAX_FRAME))
+        ));
+        // A session may announce up to 16 MiB; a peer that then sends a few bytes and hangs up
+        // is a closed connection, not a 16 MiB buffer.
+        let (mut a, mut b) = tokio::io::duplex(1 << 10);
+        a.write_all(&(MAX_FRAME as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(b"{\"type\"").await.unwrap();
         drop(a);
         assert!(matches!(read_message(&mut b).await, Err(WireError::Closed)));
     }
@@ -352,6 +460,78 @@ mod tests {
             data.latency.get(Latency::HeartbeatRtt)
         );
         assert_eq!(decoded.per_source, data.per_source);
+    }
+
+    /// Found by fuzzing (scripts/fuzz.sh histogram): HdrHistogram's decoder reserved and
+    /// zeroed whatever payload length a header announced, 4 GiB and 9 s for these 40 bytes.
+    #[test]
+    fn histogram_headers_that_announce_huge_payloads_are_refused_before_decoding() {
+        let header = |cookie: u32, payload: u32, digits: u32, high: u64| {
+            let mut b = Vec::new();
+            b.extend(cookie.to_be_bytes());
+            b.extend(payload.to_be_bytes());
+            b.extend(0u32.to_be_bytes());
+            b.extend(digits.to_be_bytes());
+            b.extend(LOWEST_US.to_be_bytes());
+            b.extend(high.to_be_bytes());
+            b.extend(1.0f64.to_be_bytes());
+            b
+        };
+        let huge = header(V2_COOKIE, 0xFFFF_FFF0, u32::from(SIGFIGS), HIGHEST_US);
+        let started = std::time::Instant::now();
+        let error = decode_histogram(&BASE64.encode(&huge))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("announces 4294967280 bytes"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+        // The same inside a deflate stream, and bounds that would allocate large counts.
+        let mut deflated = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut z = flate2::write::ZlibEncoder::new(&mut deflated, flate2::Compression::best());
+            z.write_all(&huge).unwrap();
+            z.finish().unwrap();
+        }
+        let mut framed = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        framed.extend((deflated.len() as u32).to_be_bytes());
+        framed.extend(&deflated);
+        let error = decode_histogram(&BASE64.encode(&framed))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("announces 4294967280 bytes"), "{error}");
+        let wide = header(V2_COOKIE, 0, 5, u64::MAX / 2);
+        let error = decode_histogram(&BASE64.encode(&wide))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("bounds"), "{error}");
+
+        // A deflate bomb: a megabyte of zeros after a valid header inflates past the limit.
+        let mut bomb_plain = header(V2_COOKIE, 0, u32::from(SIGFIGS), HIGHEST_US);
+        bomb_plain.extend(vec![0u8; 1 << 20]);
+        let mut deflated = Vec::new();
+        {
+            use std::io::Write as _;
+            let mut z = flate2::write::ZlibEncoder::new(&mut deflated, flate2::Compression::best());
+            z.write_all(&bomb_plain).unwrap();
+            z.finish().unwrap();
+        }
+        let mut framed = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        framed.extend((deflated.len() as u32).to_be_bytes());
+        framed.extend(&deflated);
+        let error = decode_histogram(&BASE64.encode(&framed))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inflates past"), "{error}");
+
+        // Our own histograms still decode, empty or full.
+        for values in [&[][..], &[1, 50, 900, 3_000_000][..]] {
+            let mut h = crate::metrics::new_histogram();
+            for v in values {
+                h.record(*v).unwrap();
+            }
+            assert_eq!(decode_histogram(&encode_histogram(&h)).unwrap(), h);
+        }
     }
 
     #[test]

@@ -113,12 +113,16 @@ pub struct AgentOptions {
 pub struct AgentExit {
     pub code: i32,
     pub message: String,
+    /// The coordinator closed the connection mid-handshake (it may have been busy with a
+    /// flood of strangers): the agent tries again within `--retry-for`.
+    pub hung_up: bool,
 }
 
 fn exit(code: i32, message: impl Into<String>) -> AgentExit {
     AgentExit {
         code,
         message: message.into(),
+        hung_up: false,
     }
 }
 
@@ -183,8 +187,10 @@ pub(crate) async fn join(
         sources: options.sources.clone(),
         clock_us: unix_us(),
     };
-    let broken = |e: wire::WireError| {
-        exit(
+    let broken = |e: wire::WireError| AgentExit {
+        // Dropped unread (a coordinator busy with a flood of strangers): worth another try.
+        hung_up: matches!(e, wire::WireError::Closed | wire::WireError::Io(_)),
+        ..exit(
             3,
             format!("the coordinator hung up during the handshake: {e}"),
         )
@@ -199,10 +205,13 @@ pub(crate) async fn join(
     )
     .await
     .map_err(broken)?;
-    let reply = timeout(HANDSHAKE_TIMEOUT, wire::read_message(stream))
-        .await
-        .map_err(|_| exit(3, "the coordinator did not answer the hello"))?
-        .map_err(broken)?;
+    let reply = timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| exit(3, "the coordinator did not answer the hello"))?
+    .map_err(broken)?;
     let (their_nonce, their_proof) = match reply {
         Message::Challenge { nonce, proof } => (nonce, proof),
         Message::Refused { reason } => {
@@ -239,10 +248,13 @@ pub(crate) async fn join(
     wire::write_message(stream, &Message::Proof { proof })
         .await
         .map_err(broken)?;
-    match timeout(HANDSHAKE_TIMEOUT, wire::read_message(stream))
-        .await
-        .map_err(|_| exit(3, "the coordinator did not answer the proof"))?
-        .map_err(broken)?
+    match timeout(
+        HANDSHAKE_TIMEOUT,
+        wire::read_message_limited(stream, wire::HANDSHAKE_MAX_FRAME),
+    )
+    .await
+    .map_err(|_| exit(3, "the coordinator did not answer the proof"))?
+    .map_err(broken)?
     {
         Message::Welcome => Ok(()),
         Message::Refused { reason } => Err(exit(
@@ -253,6 +265,32 @@ pub(crate) async fn join(
             3,
             "the coordinator answered the proof with something else",
         )),
+    }
+}
+
+/// Dials and joins, again after a hang-up mid-handshake until `retry_for` runs out.
+async fn dial_and_join(
+    options: &AgentOptions,
+    fd_limit: u64,
+) -> Result<(TcpStream, SocketAddr), AgentExit> {
+    let deadline = Instant::now() + options.retry_for;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (mut stream, addr) = dial(options).await?;
+        match join(&mut stream, options, fd_limit).await {
+            Ok(()) => return Ok((stream, addr)),
+            Err(e) if e.hung_up && Instant::now() + backoff < deadline => {
+                if !options.quiet {
+                    eprintln!(
+                        "stampede agent {}: {}; trying again",
+                        options.name, e.message
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -344,8 +382,7 @@ fn accept_plan(
 pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     let limit = crate::host::raise_fd_limit()
         .map_err(|e| exit(3, format!("cannot read RLIMIT_NOFILE: {e}")))?;
-    let (mut stream, addr) = dial(&options).await?;
-    join(&mut stream, &options, limit.soft).await?;
+    let (mut stream, addr) = dial_and_join(&options, limit.soft).await?;
     if !options.quiet {
         eprintln!(
             "stampede agent {}: joined the coordinator at {addr}",

@@ -56,6 +56,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         .map_err(|e| AgentExit {
             code: 2,
             message: e.to_string(),
+            hung_up: false,
         })?
         .share(&plan.weights, plan.agent_index);
     let targets = plan.targets.clone().unwrap_or_default();
@@ -70,6 +71,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
     .map_err(|e| AgentExit {
         code: 3,
         message: e.to_string(),
+        hung_up: false,
     })?;
     let now = unix_us();
     let start = Instant::now() + Duration::from_micros(plan.start_at_us.saturating_sub(now));

@@ -252,6 +252,26 @@ pub struct AgentRecord {
     pub status: String,
     /// When it actually started, relative to the planned start (after clock correction).
     pub start_offset_ms: Option<f64>,
+    /// Interval reports merged from it, and the number of the last one (interval `k` covers
+    /// second `k` of the run).
+    pub intervals_received: u64,
+    pub last_interval: Option<u64>,
+    /// Reports that arrived after it was declared lost: not merged (the intervals they cover
+    /// were already complete).
+    pub late_reports: u64,
+}
+
+/// An agent whose data stops short of the run's end: what the summary does not include.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MissingAgent {
+    pub agent: String,
+    pub status: String,
+    pub last_interval: Option<u64>,
+    /// Intervals the run has (its timeline's length) and how many of them this agent sent.
+    pub intervals_expected: u64,
+    pub intervals_received: u64,
+    /// First and last interval it never sent, inclusive.
+    pub missing_intervals: [u64; 2],
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -282,6 +302,9 @@ pub struct Summary {
     /// What the NLB emulator named by the profile's `nlb.admin` counted during the run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nlb: Option<crate::nlb::NlbSummary>,
+    /// Swarm runs: agents whose intervals stop short of the run's end (lost, killed,
+    /// partitioned); empty when every interval of every agent arrived.
+    pub missing: Vec<MissingAgent>,
 }
 
 /// What the run knows besides the merged figures.
@@ -301,6 +324,26 @@ pub struct RunFacts<'a> {
     pub start_spread_ms: Option<f64>,
     /// Per phase (indexed like the profile's phases).
     pub phase_stats: Vec<PhaseStats>,
+}
+
+/// Agents that did not finish and whose reports stop before the run's last interval.
+fn missing_agents(agents: &[AgentRecord], timeline: &[TimelinePoint]) -> Vec<MissingAgent> {
+    let expected = timeline.iter().map(|p| p.second + 1).max().unwrap_or(0);
+    agents
+        .iter()
+        .filter(|a| a.status != "finished")
+        .filter_map(|a| {
+            let first_missing = a.last_interval.map_or(0, |k| k + 1);
+            (first_missing < expected).then(|| MissingAgent {
+                agent: a.name.clone(),
+                status: a.status.clone(),
+                last_interval: a.last_interval,
+                intervals_expected: expected,
+                intervals_received: a.intervals_received,
+                missing_intervals: [first_missing, expected - 1],
+            })
+        })
+        .collect()
 }
 
 impl Summary {
@@ -413,6 +456,7 @@ impl Summary {
                 .collect(),
             phases,
             timeline: aggregate.timeline.clone(),
+            missing: missing_agents(&facts.agents, &aggregate.timeline),
             agents: facts.agents,
             start_spread_ms: facts.start_spread_ms,
             nlb: None,
@@ -461,5 +505,55 @@ impl Summary {
 
     pub fn error_total(&self) -> u64 {
         self.errors.0.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, status: &str, received: u64, last: Option<u64>) -> AgentRecord {
+        AgentRecord {
+            name: name.into(),
+            host: "h".into(),
+            share: 10,
+            established: 10,
+            errors: 0,
+            last_report_s: None,
+            status: status.into(),
+            start_offset_ms: None,
+            intervals_received: received,
+            last_interval: last,
+            late_reports: 0,
+        }
+    }
+
+    #[test]
+    fn lost_agents_name_the_intervals_they_never_sent() {
+        let timeline: Vec<TimelinePoint> = (0..8)
+            .map(|second| TimelinePoint {
+                second,
+                open: 0,
+                attempts: 0,
+                connects: 0,
+                closes: 0,
+                errors: 0,
+            })
+            .collect();
+        let agents = [
+            record("steady", "finished", 8, Some(7)),
+            record("doomed", "lost", 3, Some(2)),
+            record("silent", "lost", 0, None),
+            // Lost after its last interval: nothing is missing.
+            record("late", "lost", 8, Some(7)),
+        ];
+        let missing = missing_agents(&agents, &timeline);
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert_eq!(missing[0].agent, "doomed");
+        assert_eq!(missing[0].intervals_expected, 8);
+        assert_eq!(missing[0].intervals_received, 3);
+        assert_eq!(missing[0].missing_intervals, [3, 7]);
+        assert_eq!(missing[1].agent, "silent");
+        assert_eq!(missing[1].missing_intervals, [0, 7]);
     }
 }

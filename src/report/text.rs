@@ -100,6 +100,17 @@ pub fn render(summary: &Summary) -> String {
                 .map_or_else(|| "never".to_string(), |s| format!("{s:.1}s"))
         );
     }
+    for m in &summary.missing {
+        let _ = writeln!(
+            out,
+            "missing      agent {}: {} of {} intervals received, intervals {}-{} never arrived (not in these figures)",
+            m.agent,
+            m.intervals_received,
+            m.intervals_expected,
+            m.missing_intervals[0],
+            m.missing_intervals[1]
+        );
+    }
     if let Some(reason) = &summary.abort_reason {
         let _ = writeln!(out, "aborted: {reason}");
     }
