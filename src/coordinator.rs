@@ -806,6 +806,11 @@ async fn drive(
             "finished without agent(s) {lost}: their data up to their last report is kept"
         ));
     }
+    // With every agent lost, nothing played the plan to its end: whatever the thresholds say
+    // of the few seconds that arrived, the run did not happen as asked.
+    if abort_reason.is_none() && !agents.is_empty() && agents.iter().all(|a| a.status == "lost") {
+        abort_reason = Some("every agent was lost before the run's end".into());
+    }
     Ok(collector.finish(abort_reason, &o.outputs))
 }
 

@@ -248,6 +248,43 @@ fn a_killed_agent_is_marked_lost_and_the_run_finishes() {
     assert_eq!(summary["connections"]["established"], 300);
 }
 
+#[test]
+fn a_run_whose_every_agent_is_lost_is_aborted_not_passed() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write_profile(dir.path(), sink.addr, 200, "10s");
+    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "2s"]);
+    let mut agents = [
+        agent(coord.addr, "first", "127.0.43.3", None, &[]),
+        agent(coord.addr, "second", "127.0.43.4", None, &[]),
+    ];
+    wait_for_line(&mut coord.stderr, Duration::from_secs(15), |l| {
+        l.contains("hold") && l.contains(" 200/200")
+    });
+    for a in &mut agents {
+        a.kill().unwrap();
+        a.wait().unwrap();
+    }
+    // No thresholds are set, so only the lost swarm can make this run anything but a pass.
+    let status = wait_child(&mut coord.child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(3));
+    let summary = read_json(&dir.path().join("coord/summary.json"));
+    assert_eq!(summary["outcome"], "aborted");
+    assert!(
+        summary["abort_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("every agent was lost")),
+        "{summary}"
+    );
+    let statuses: Vec<&Value> = summary["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("lost"), &json!("lost")]);
+}
+
 /// The sink's own stats line says how many connections it still holds.
 fn sink_open(
     stderr: &mut impl BufRead,
