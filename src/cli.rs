@@ -59,6 +59,8 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
   stampede sink --listen 127.0.0.1:7000 --listen [::1]:7000 --quiet
   stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
   stampede sink --listen 127.0.0.1:7000 --lifetime 30s --close-rate 100
+  stampede sink --listen 127.0.0.1:7443 --protocol tls --cert-out sink.pem
+  stampede sink --listen 127.0.0.1:7080 --protocol ws --ws-path /push
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
 connections than one process's file limit allows. The first line printed is
@@ -253,6 +255,21 @@ pub struct SinkArgs {
     /// Close held connections, oldest first, at N per second for as long as any are held.
     #[arg(long, value_name = "N", value_parser = parse_close_rate, allow_negative_numbers = true)]
     pub close_rate: Option<f64>,
+    /// Protocol to speak: tcp, tls, ws (WebSocket) or wss (WebSocket over TLS).
+    #[arg(long, value_name = "NAME", default_value = "tcp")]
+    pub protocol: String,
+    /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+    /// Write the certificate served (PEM) here, for clients to trust (tls.ca_file).
+    #[arg(long, value_name = "FILE")]
+    pub cert_out: Option<std::path::PathBuf>,
+    /// WebSocket: upgrade only this path; others are answered 404 (default: any path).
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
 }
 
 fn parse_close_rate(text: &str) -> Result<f64, String> {
@@ -683,6 +700,35 @@ async fn sink_command(args: SinkArgs) -> i32 {
     if let Err(e) = crate::host::raise_fd_limit() {
         eprint_line(&format!("stampede sink: cannot raise RLIMIT_NOFILE: {e}"));
     }
+    let protocol = crate::protocol::SinkProtocol {
+        name: args.protocol.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ws_path: args.ws_path.clone(),
+    };
+    let (acceptor, cert) = match protocol.acceptor() {
+        Ok(built) => built,
+        Err(e) => {
+            eprint_line(&format!("stampede sink: {e}"));
+            return 2;
+        }
+    };
+    if let Some(path) = &args.cert_out {
+        let Some(cert) = &cert else {
+            eprint_line(&format!(
+                "stampede sink: --cert-out needs a TLS protocol (tls or wss), not {:?}",
+                args.protocol
+            ));
+            return 2;
+        };
+        if let Err(e) = std::fs::write(path, crate::protocol::tls::pem(cert)) {
+            eprint_line(&format!(
+                "stampede sink: --cert-out {}: cannot write: {e}",
+                path.display()
+            ));
+            return 2;
+        }
+    }
     let mut listeners = Vec::with_capacity(args.listen.len());
     for addr in &args.listen {
         match sink::bind(*addr) {
@@ -746,7 +792,7 @@ async fn sink_command(args: SinkArgs) -> i32 {
             }
         });
     }
-    sink::run_controlled(listeners, stats, control, async {
+    sink::run_protocol(listeners, stats, control, acceptor, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

@@ -21,13 +21,13 @@ use crate::metrics::{ErrorKind, Latency};
 use crate::profile::reconnect::ReconnectPolicy;
 
 /// Spreads heartbeat start times by the golden ratio so that no two slots line up.
-fn heartbeat_offset(slot: u64, interval: Duration) -> Duration {
+pub(crate) fn heartbeat_offset(slot: u64, interval: Duration) -> Duration {
     const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
     let fraction = (slot as f64 * PHI_FRACTION).fract();
     interval.mul_f64(fraction)
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -38,7 +38,7 @@ pub const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
 /// Latency from the scheduled instant (coordinated-omission aware), less the part of the start
 /// lag that the timer's granularity explains. A stall longer than that still counts in full
 /// beyond the first millisecond.
-fn from_schedule(scheduled: Instant, started: Instant, now: Instant) -> Duration {
+pub(crate) fn from_schedule(scheduled: Instant, started: Instant, now: Instant) -> Duration {
     let lag = started.saturating_duration_since(scheduled);
     now.saturating_duration_since(scheduled) - lag.min(TIMER_GRANULARITY)
 }
@@ -77,7 +77,12 @@ pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnec
 
 /// The wait before reconnect attempt `attempt` under the policy in force, or `None` to give up
 /// (counted unless the policy is never to reconnect).
-fn backoff(shard: &Shard, slot: u64, attempt: u32, previous_ms: &mut u32) -> Option<Duration> {
+pub(crate) fn backoff(
+    shard: &Shard,
+    slot: u64,
+    attempt: u32,
+    previous_ms: &mut u32,
+) -> Option<Duration> {
     let policy = shard.policy.get();
     let previous = Duration::from_millis(u64::from(*previous_ms));
     match policy.delay(attempt, previous, shard.random(slot)) {

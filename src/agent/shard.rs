@@ -104,8 +104,33 @@ impl Shard {
             .count(source, target, |c| c.errors[kind as usize] += 1);
     }
 
+    /// Counts a protocol failure, and what it said if anything.
+    pub fn fail_with(&self, source: usize, target: usize, failure: crate::protocol::Failure) {
+        let mut data = self.data.borrow_mut();
+        data.count(source, target, |c| c.errors[failure.kind as usize] += 1);
+        if let Some(detail) = failure.detail {
+            *data.details.entry((failure.kind, detail)).or_insert(0) += 1;
+        }
+    }
+
     fn fresh_data(&self) -> IntervalData {
         IntervalData::new(self.plan.pool.sources.len(), self.plan.pool.targets.len())
+    }
+}
+
+/// Starts a slot's connection task: plain TCP on its hand-written futures, other protocols
+/// on `layered`.
+fn spawn_slot(
+    shard: &Rc<Shard>,
+    slot: u64,
+    at: Instant,
+    reconnecting: bool,
+) -> tokio::task::JoinHandle<()> {
+    match shard.plan.connector {
+        crate::protocol::Connector::Tcp => {
+            tokio::task::spawn_local(super::conn::run(shard.clone(), slot, at, reconnecting))
+        }
+        _ => tokio::task::spawn_local(super::layered::run(shard.clone(), slot, at, reconnecting)),
     }
 }
 
@@ -176,12 +201,7 @@ pub(crate) async fn run(
                     let index = (event.slot / workers as u64) as usize;
                     match event.action {
                         SlotAction::Open => {
-                            let task = tokio::task::spawn_local(super::conn::run(
-                                shard.clone(),
-                                event.slot,
-                                origin + event.at,
-                                false,
-                            ));
+                            let task = spawn_slot(&shard, event.slot, origin + event.at, false);
                             if slots.len() <= index {
                                 slots.resize(index + 1, None);
                             }
@@ -206,12 +226,7 @@ pub(crate) async fn run(
                             if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
                                 handle.abort();
                             }
-                            let task = tokio::task::spawn_local(super::conn::run(
-                                shard.clone(),
-                                event.slot,
-                                now,
-                                true,
-                            ));
+                            let task = spawn_slot(&shard, event.slot, now, true);
                             slots[index] = Some(task.abort_handle());
                         }
                         SlotAction::PhaseStart { phase } => {
