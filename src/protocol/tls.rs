@@ -198,16 +198,26 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
+/// The names the sink's self-signed certificate carries.
+pub const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
 /// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`, and its key.
 pub fn self_signed() -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
-    let certified = rcgen::generate_simple_self_signed(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])
-    .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
+    let certified = generate(&SELF_SIGNED_NAMES)?;
     let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
     Ok((certified.cert.der().clone(), key))
+}
+
+/// A self-signed certificate for `names` and its key, as PEM text (for a proxy in front of
+/// the sink, or a test's own server).
+pub fn self_signed_pem(names: &[&str]) -> Result<(String, String), String> {
+    let certified = generate(names)?;
+    Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
+}
+
+fn generate(names: &[&str]) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, String> {
+    rcgen::generate_simple_self_signed(names.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))
 }
 
 /// A certificate as PEM text.
