@@ -140,15 +140,19 @@ impl Acceptor {
         }
     }
 
-    /// Handshakes and then echoes until the client goes away or the task is aborted.
-    /// `bytes` counts echoed payload bytes.
-    pub async fn serve(&self, tcp: TcpStream, bytes: &std::sync::atomic::AtomicU64) {
+    /// Handshakes and then echoes until the client goes away or the task is aborted,
+    /// counting echoed bytes and TLS handshakes in `stats`.
+    pub async fn serve(&self, tcp: TcpStream, stats: &crate::sink::SinkStats) {
         let _ = tcp.set_nodelay(true);
         match self {
             // The sink keeps its own lean path for plain TCP.
             Acceptor::Tcp => {}
-            Acceptor::Tls(config) => tls::serve(config.clone(), tcp, bytes).await,
-            Acceptor::WebSocket(server) => server.serve(tcp, bytes).await,
+            Acceptor::Tls(config) => {
+                if let Some(stream) = tls::accept(config.clone(), tcp, stats).await {
+                    tls::serve(stream, &stats.bytes).await;
+                }
+            }
+            Acceptor::WebSocket(server) => server.serve(tcp, stats).await,
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct SinkStats {
     pub accepted: AtomicU64,
     pub bytes: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// TLS handshakes completed (tls and wss), and how many of them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl SinkStats {
@@ -261,7 +264,7 @@ fn admit_protocol(
     };
     let acceptor = acceptor.clone();
     let task = tokio::spawn(async move {
-        acceptor.serve(stream, &guard.stats.bytes).await;
+        acceptor.serve(stream, &guard.stats).await;
         drop(guard);
     });
     control.attach(id, task.abort_handle());

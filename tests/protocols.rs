@@ -23,6 +23,7 @@ struct Sink {
     addr: SocketAddr,
     /// PEM of the certificate it serves, written to a file (TLS protocols only).
     ca_file: Option<PathBuf>,
+    stats: Arc<stampede::sink::SinkStats>,
     _stop_tx: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -42,9 +43,10 @@ impl Sink {
         let listener = stampede::sink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stats = Arc::new(stampede::sink::SinkStats::default());
         tokio::spawn(stampede::sink::run_protocol(
             vec![listener],
-            Arc::new(stampede::sink::SinkStats::default()),
+            stats.clone(),
             stampede::sink::SinkControl::new(),
             acceptor,
             async {
@@ -54,6 +56,7 @@ impl Sink {
         Sink {
             addr,
             ca_file,
+            stats,
             _stop_tx: stop_tx,
         }
     }
@@ -413,6 +416,35 @@ async fn tls_storm_reconnects_and_handshakes_again() {
     storm(json!({"protocol": "tls", "tls": {"server_name": "localhost"}})).await;
     storm(json!({"protocol": "tls", "tls": {"server_name": "localhost", "resumption": false}}))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_resumes_sessions_only_when_asked() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    for resumption in [true, false] {
+        let sink = Sink::start(dir.path(), "tls", None).await;
+        let tls = json!({"protocol": "tls", "tls": {"server_name": "localhost",
+                         "ca_file": sink.ca_file.clone().unwrap(), "resumption": resumption}});
+        let mut p = profile(addrs(sink.addr), tls, 200);
+        p["phases"] = json!([
+            {"ramp": {"rate": 2000}},
+            {"hold": {"for": "500ms"}},
+            {"storm": {"fraction": 1.0, "for": "2s", "reconnect": {"policy": "immediate"}}}
+        ]);
+        let s = run_json(&p, false, None).await.summary;
+        assert_eq!(s.connections.reconnects, 200, "{:?}", s.error_details);
+        let handshakes = sink.stats.tls_handshakes.load(Ordering::Relaxed);
+        let resumed = sink.stats.tls_resumed.load(Ordering::Relaxed);
+        assert_eq!(handshakes, 400);
+        if resumption {
+            // The shared store hands a ticket to every reconnection (and to most of the
+            // first round too, from earlier handshakes); the very first is always full.
+            assert!((200..400).contains(&resumed), "resumption on: {resumed}");
+        } else {
+            assert_eq!(resumed, 0, "resumption off");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,17 +2,19 @@
 //! server configuration, the echo heartbeat, and the classification of handshake failures by
 //! their alert.
 //!
-//! Resumption: on, every connection of the process draws on one client session cache (sized
-//! for many tickets, since a storm reconnects thousands at once and TLS 1.3 tickets are used
-//! once); off, every handshake is a full one. The sink keeps a stateless ticketer and a large
+//! Resumption: on, every connection of the process draws on one client session store (sized
+//! for a ticket per connection, since a storm reconnects thousands at once and TLS 1.3 tickets
+//! are used once); off, every handshake is a full one. The sink keeps a stateless ticketer and a large
 //! session cache so that resumption is the client's choice alone.
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -26,8 +28,10 @@ use crate::profile::protocol::TlsOptions;
 
 pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// Client session cache entries (one per server name, each holding a few tickets).
-const CLIENT_SESSIONS: usize = 4096;
+/// TLS 1.3 tickets the client keeps per server name. rustls' own cache keeps 8, so a storm of
+/// thousands reconnecting at once would resume 8 and handshake the rest in full; a fleet of
+/// devices each holds its own ticket, which this store stands in for.
+const TICKETS_PER_SERVER: usize = 65_536;
 /// Server session cache entries, for TLS 1.2 session ids.
 const SERVER_SESSIONS: usize = 65_536;
 
@@ -89,7 +93,7 @@ impl Client {
         };
         config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         config.resumption = if options.resumption {
-            rustls::client::Resumption::in_memory_sessions(CLIENT_SESSIONS)
+            rustls::client::Resumption::store(Arc::new(TicketStore::default()))
         } else {
             rustls::client::Resumption::disabled()
         };
@@ -121,6 +125,71 @@ impl Client {
             .await
             .map(Box::new)
             .map_err(|e| classify(&e))
+    }
+}
+
+/// A client session store shared by all connections of the process, with room for one
+/// ticket per connection (see `TICKETS_PER_SERVER`). Each ticket is used at most once.
+#[derive(Debug, Default)]
+struct TicketStore {
+    servers: Mutex<HashMap<ServerName<'static>, Sessions>>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: VecDeque<Tls13ClientSessionValue>,
+}
+
+impl TicketStore {
+    fn with<T>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut Sessions) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the tickets are still usable.
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        f(servers.entry(name.to_owned()).or_default())
+    }
+}
+
+impl ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.with(&server_name, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.with(server_name, |s| s.kx_hint)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.with(&server_name, |s| s.tls12 = Some(value));
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.with(server_name, |s| s.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.with(server_name, |s| s.tls12 = None);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.with(&server_name, |s| {
+            if s.tls13.len() == TICKETS_PER_SERVER {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        // Newest first: the oldest are the likeliest to have expired.
+        self.with(server_name, |s| s.tls13.pop_back())
     }
 }
 
@@ -315,11 +384,27 @@ pub async fn closed<S: AsyncRead + Unpin>(stream: &mut S) -> Failure {
     }
 }
 
-/// The sink's TLS connection: handshake, then echo what arrives.
-pub async fn serve(config: Arc<ServerConfig>, tcp: TcpStream, bytes: &AtomicU64) {
-    let Ok(mut stream) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await else {
-        return;
-    };
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The sink's side of a handshake, counted (and whether it resumed a session).
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: TcpStream,
+    stats: &crate::sink::SinkStats,
+) -> Option<ServerStream> {
+    let stream = tokio_rustls::TlsAcceptor::from(config)
+        .accept(tcp)
+        .await
+        .ok()?;
+    stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+    if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        stats.tls_resumed.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(stream)
+}
+
+/// The sink's TLS connection after its handshake: echo what arrives.
+pub async fn serve(mut stream: ServerStream, bytes: &AtomicU64) {
     // Small: it lives in every held connection's task; rustls buffers whole records anyway.
     let mut buf = [0u8; 256];
     loop {

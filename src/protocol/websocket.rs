@@ -198,15 +198,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn serve(&self, tcp: TcpStream, bytes: &AtomicU64) {
+    pub async fn serve(&self, tcp: TcpStream, stats: &crate::sink::SinkStats) {
         match &self.tls {
-            None => self.upgrade_and_echo(tcp, bytes).await,
+            None => self.upgrade_and_echo(tcp, &stats.bytes).await,
             Some(config) => {
-                if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config.clone())
-                    .accept(tcp)
-                    .await
-                {
-                    self.upgrade_and_echo(stream, bytes).await;
+                if let Some(stream) = tls::accept(config.clone(), tcp, stats).await {
+                    self.upgrade_and_echo(stream, &stats.bytes).await;
                 }
             }
         }
