@@ -110,6 +110,14 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
     };
     // Agents on one host share its source ports: check the whole plan against one pool.
     let embedded = profile.target == TargetSpec::Embedded;
+    if embedded && profile.protocol != crate::profile::Protocol::Tcp {
+        // The sink processes started here speak plain TCP, and agents could not trust their
+        // certificates; a sink started by hand can do both.
+        return Err(RunError::Plan(format!(
+            "--agents with target \"embedded\" runs plain TCP sinks, but the protocol is {:?}; start `stampede sink --protocol ... --cert-out sink.pem` yourself and target it (with tls.ca_file sink.pem), or run without --agents",
+            profile.protocol.name()
+        )));
+    }
     let targets: Vec<SocketAddr> = match &profile.target {
         TargetSpec::Embedded => vec![SocketAddr::from(([127, 0, 0, 1], 1))],
         TargetSpec::Addrs(a) => a.clone(),
