@@ -148,7 +148,8 @@ impl Acceptor {
             // The sink keeps its own lean path for plain TCP.
             Acceptor::Tcp => {}
             Acceptor::Tls(config) => {
-                if let Some(stream) = tls::accept(config.clone(), tcp, stats).await {
+                // Handshakes are boxed so their state is freed, not kept in every held task.
+                if let Some(stream) = Box::pin(tls::accept(config.clone(), tcp, stats)).await {
                     tls::serve(stream, &stats.bytes).await;
                 }
             }

@@ -101,14 +101,14 @@ stop() { # stop PID: SIGTERM, bounded wait, SIGKILL
     forget "$1"
 }
 
-# profile PROTO: the client profile for sink protocol PROTO, trusting the sink's certificate.
+# profile PROTO CA: the client profile for sink protocol PROTO, trusting the certificate CA.
 profile() {
-    local proto=$1 extra
+    local proto=$1 ca=$2 extra
     case $proto in
         tcp) extra='"protocol":"tcp"' ;;
-        tls) extra="\"protocol\":\"tls\",\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$WORK/$proto.pem\"}" ;;
+        tls) extra="\"protocol\":\"tls\",\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
         ws) extra='"protocol":"websocket","websocket":{"path":"/"}' ;;
-        wss) extra="\"protocol\":\"websocket\",\"websocket\":{\"scheme\":\"wss\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$WORK/$proto.pem\"}" ;;
+        wss) extra="\"protocol\":\"websocket\",\"websocket\":{\"scheme\":\"wss\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
     esac
     cat > "$WORK/$proto.json" <<EOF
 {"name":"mem-$proto","target":{"addrs":["127.0.0.1:$PORT"]},$extra,"connections":$CONNECTIONS,
@@ -149,26 +149,27 @@ measure() {
 
 echo "protocols.sh: host: $(nproc) cores, Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "protocols.sh: stampede built from $(cd "$ROOT" && git rev-parse --short HEAD)" >&2
+# start_sink PROTO N: a fresh sink for the run of N connections, with its own output and
+# certificate files (a file of an earlier sink must never pass for this one's).
+start_sink() {
+    local cert=()
+    [[ $1 == tls || $1 == wss ]] && cert=(--cert-out "$WORK/$1-$2.pem")
+    "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$1" --quiet "${cert[@]}" \
+        > "$WORK/sink-$1-$2.out" 2>&1 &
+    SINK=$!
+    PIDS+=("$SINK")
+    wait_line "$SINK" "$WORK/sink-$1-$2.out" "^listening on " 10 || die "the $1 sink did not start"
+    profile "$1" "$WORK/$1-$2.pem"
+}
+
 for proto in $PROTOCOLS; do
-    cert=()
-    [[ $proto == tls || $proto == wss ]] && cert=(--cert-out "$WORK/$proto.pem")
-    "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$proto" --quiet "${cert[@]}" \
-        > "$WORK/sink-$proto.out" 2>&1 &
-    SINK=$!
-    PIDS+=("$SINK")
-    wait_line "$SINK" "$WORK/sink-$proto.out" "^listening on " 10 || die "the $proto sink did not start"
-    profile "$proto"
     echo "protocols.sh: $proto: $CONNECTIONS then $SMALL connections" >&2
-    measure "$proto" "$CONNECTIONS"
-    stop "$SINK"
-    # A fresh sink for the small run, so its RSS is not the high-water mark of the large one.
-    "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$proto" --quiet "${cert[@]}" \
-        > "$WORK/sink-$proto.out" 2>&1 &
-    SINK=$!
-    PIDS+=("$SINK")
-    wait_line "$SINK" "$WORK/sink-$proto.out" "^listening on " 10 || die "the $proto sink did not start"
-    measure "$proto" "$SMALL"
-    stop "$SINK"
+    # A fresh sink for each run, so the small run's RSS is not the large run's high-water mark.
+    for n in "$CONNECTIONS" "$SMALL"; do
+        start_sink "$proto" "$n"
+        measure "$proto" "$n"
+        stop "$SINK"
+    done
 done
 
 echo

@@ -98,7 +98,9 @@ async fn establish(
             .record(Latency::ConnectService, micros(service));
     }
     let fd = stream.as_raw_fd();
-    let handshake = shard.plan.connector.handshake(stream, target_addr);
+    // Boxed: the handshake's state is kilobytes, and inline it would size every connection's
+    // task for its whole life; boxed, it is freed once the handshake is done.
+    let handshake = Box::pin(shard.plan.connector.handshake(stream, target_addr));
     let session = match timeout_at(tcp_done + connect_timeout, handshake).await {
         Ok(Ok(session)) => session,
         Ok(Err(failure)) => {
@@ -204,5 +206,37 @@ async fn hold(
             data.count(source, target, |c| c.heartbeats_answered += 1);
         }
         scheduled += heartbeat.interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of these lives per held connection: the handshake's kilobytes must stay boxed.
+    #[tokio::test]
+    async fn future_stays_small() {
+        use crate::agent::EnginePlan;
+        use crate::agent::pool::SourcePool;
+        use crate::profile::SourceSpec;
+        let pool = SourcePool::new(
+            &SourceSpec::default(),
+            &["127.0.0.1:9".parse().unwrap()],
+            crate::host::ephemeral_port_range(),
+        )
+        .unwrap();
+        let profile = crate::profile::Profile::from_value(serde_json::json!({
+            "name": "size", "target": "embedded", "connections": 1, "protocol": "tls",
+            "heartbeat": {"interval": "1s"}, "phases": [{"hold": {"for": "1s"}}]
+        }))
+        .unwrap();
+        let plan = std::sync::Arc::new(EnginePlan::new(&profile, pool));
+        let shard = Rc::new(Shard::new(plan, Instant::now(), 1));
+        let future = run(shard, 0, Instant::now(), false);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= 1024,
+            "the layered connection future is {size} bytes"
+        );
     }
 }

@@ -202,7 +202,7 @@ impl Server {
         match &self.tls {
             None => self.upgrade_and_echo(tcp, &stats.bytes).await,
             Some(config) => {
-                if let Some(stream) = tls::accept(config.clone(), tcp, stats).await {
+                if let Some(stream) = Box::pin(tls::accept(config.clone(), tcp, stats)).await {
                     self.upgrade_and_echo(stream, &stats.bytes).await;
                 }
             }
@@ -240,8 +240,13 @@ impl Server {
             }
             Ok(response)
         };
-        let Ok(mut ws) =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config())).await
+        // Boxed so the upgrade's state is freed, not kept in every held connection's task.
+        let Ok(mut ws) = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(config()),
+        ))
+        .await
         else {
             return;
         };
