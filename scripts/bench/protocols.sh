@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Protocol memory benchmark: RSS per held connection for tcp, tls, ws and wss, client and sink,
-# with the same method as hold.sh's marginal figure.
+# Protocol memory benchmark: RSS per held connection for tcp, tls (with and without session
+# resumption), ws and wss, client and sink, with the same method as hold.sh's marginal figure.
 #
 # For each protocol P, one after the other:
 #   1. start `stampede sink --protocol P` on 127.0.0.1:PORT and wait for its "listening on" line;
-#   2. run stampede with CONNECTIONS connections (1 s heartbeats), wait for "open N/N", wait
+#   2. run stampede with CONNECTIONS connections (opened at RATE/s, 1 s heartbeats), wait for
+#      "open N/N", wait
 #      SETTLE s, sample VmRSS of the client and of the sink once a second for WINDOW s (max);
 #   3. the same with SMALL connections (fixed RSS);
 #   4. stop the sink.
@@ -28,7 +29,8 @@ PORT=${PORT:-7300}
 PAYLOAD=${PAYLOAD:-16}
 SETTLE=${SETTLE:-2}
 WINDOW=${WINDOW:-5}
-PROTOCOLS=${PROTOCOLS:-tcp tls ws wss}
+PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss}
+RATE=${RATE:-500}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STAMPEDE=${STAMPEDE_BIN:-$ROOT/target/release/stampede}
@@ -107,13 +109,14 @@ profile() {
     case $proto in
         tcp) extra='"protocol":"tcp"' ;;
         tls) extra="\"protocol\":\"tls\",\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
+        tls-noresume) extra="\"protocol\":\"tls\",\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\",\"resumption\":false}" ;;
         ws) extra='"protocol":"websocket","websocket":{"path":"/"}' ;;
         wss) extra="\"protocol\":\"websocket\",\"websocket\":{\"scheme\":\"wss\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
     esac
     cat > "$WORK/$proto.json" <<EOF
 {"name":"mem-$proto","target":{"addrs":["127.0.0.1:$PORT"]},$extra,"connections":$CONNECTIONS,
  "heartbeat":{"interval":"1s","payload_bytes":$PAYLOAD,"timeout":"5s"},"connect_timeout":"10s",
- "phases":[{"ramp":{"rate":5000}},{"hold":{"for":"60s"}}]}
+ "phases":[{"ramp":{"rate":$RATE}},{"hold":{"for":"60s"}}]}
 EOF
 }
 
@@ -152,9 +155,9 @@ echo "protocols.sh: stampede built from $(cd "$ROOT" && git rev-parse --short HE
 # start_sink PROTO N: a fresh sink for the run of N connections, with its own output and
 # certificate files (a file of an earlier sink must never pass for this one's).
 start_sink() {
-    local cert=()
-    [[ $1 == tls || $1 == wss ]] && cert=(--cert-out "$WORK/$1-$2.pem")
-    "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$1" --quiet "${cert[@]}" \
+    local cert=() sink_protocol=${1%-noresume}
+    [[ $sink_protocol == tls || $sink_protocol == wss ]] && cert=(--cert-out "$WORK/$1-$2.pem")
+    "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$sink_protocol" --quiet "${cert[@]}" \
         > "$WORK/sink-$1-$2.out" 2>&1 &
     SINK=$!
     PIDS+=("$SINK")
@@ -183,4 +186,4 @@ for proto in $PROTOCOLS; do
 done | awk 'NR == 1 { c0 = $2; s0 = $3 }
     { printf "%-8s %10d %8.1f %12d %8.1f %12dus %12dus\n", $1, $2, $2 / c0, $3, $3 / s0, $4, $5 }'
 echo
-echo "command: CONNECTIONS=$CONNECTIONS SMALL=$SMALL PROTOCOLS=\"$PROTOCOLS\" scripts/bench/protocols.sh"
+echo "command: CONNECTIONS=$CONNECTIONS SMALL=$SMALL RATE=$RATE PROTOCOLS=\"$PROTOCOLS\" scripts/bench/protocols.sh"
