@@ -528,3 +528,22 @@ fn the_sink_binary_speaks_tls_and_writes_its_certificate() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--cert needs --key"));
 }
+
+#[test]
+fn a_local_swarm_refuses_an_embedded_target_it_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.json");
+    let p = profile(json!("embedded"), json!({"protocol": "tls"}), 10);
+    std::fs::write(&file, p.to_string()).unwrap();
+    let out = common::bin()
+        .args(["run", "--headless", "--agents", "2"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("runs plain TCP sinks, but the protocol is \"tls\""),
+        "{err}"
+    );
+}
