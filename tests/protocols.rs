@@ -530,20 +530,35 @@ fn the_sink_binary_speaks_tls_and_writes_its_certificate() {
 }
 
 #[test]
-fn a_local_swarm_refuses_an_embedded_target_it_cannot_serve() {
+fn a_local_swarm_serves_the_protocol_from_its_sinks() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("p.json");
-    let p = profile(json!("embedded"), json!({"protocol": "tls"}), 10);
-    std::fs::write(&file, p.to_string()).unwrap();
-    let out = common::bin()
-        .args(["run", "--headless", "--agents", "2"])
-        .arg(&file)
-        .output()
+    let cases = [
+        json!({"protocol": "tls", "tls": {"server_name": "localhost"}}),
+        json!({"protocol": "websocket", "websocket": {"scheme": "wss", "heartbeat": "text"}}),
+        json!({"protocol": "websocket"}),
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let file = dir.path().join(format!("p{i}.json"));
+        std::fs::write(
+            &file,
+            profile(json!("embedded"), case.clone(), 60).to_string(),
+        )
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("runs plain TCP sinks, but the protocol is \"tls\""),
-        "{err}"
-    );
+        let out_dir = dir.path().join(format!("out{i}"));
+        let out = common::bin()
+            .args(["run", "--headless", "--agents", "2", "--out"])
+            .arg(&out_dir)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = read_json(&out_dir.join("summary.json"));
+        assert_eq!(summary["connections"]["established"], 60, "{case}");
+        assert_eq!(summary["latency_us"]["handshake"]["count"], 60, "{case}");
+        assert_eq!(summary["agents"].as_array().unwrap().len(), 2);
+    }
 }
