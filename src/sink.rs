@@ -65,6 +65,11 @@ impl SinkStats {
             self.accept_errors.load(Ordering::Relaxed),
         );
         *previous = (accepted, bytes);
+        let handshakes = self.tls_handshakes.load(Ordering::Relaxed);
+        if handshakes > 0 {
+            let resumed = self.tls_resumed.load(Ordering::Relaxed);
+            return format!("{line} tls_handshakes {handshakes} tls_resumed {resumed}");
+        }
         line
     }
 }
