@@ -451,6 +451,20 @@ async fn a_storm_resumes_sessions_only_when_asked() {
 async fn websocket_storm_reconnects_and_handshakes_again() {
     storm(json!({"protocol": "websocket"})).await;
     storm(json!({"protocol": "websocket", "websocket": {"scheme": "wss"}})).await;
+
+    // The client's own reset storm: every upgraded connection aborted with an RST (the socket
+    // registry holds their descriptors as it does for TCP), all reconnected.
+    let mut p = profile(json!("embedded"), json!({"protocol": "websocket"}), 200);
+    p["phases"] = json!([
+        {"ramp": {"rate": 2000}},
+        {"hold": {"for": "500ms"}},
+        {"storm": {"fraction": 1.0, "mode": "reset", "for": "2s",
+                   "reconnect": {"policy": "immediate"}}}
+    ]);
+    let s = run_json(&p, false, None).await.summary;
+    assert_eq!(s.connections.reconnects, 200, "{:?}", s.errors);
+    assert_eq!(s.connections.open_at_end, 200);
+    assert_eq!(s.latency_us.handshake.count, 400);
 }
 
 #[test]
