@@ -4,7 +4,7 @@
 //! the HTTP status the server answered.
 //!
 //! Buffers are set small: tungstenite's defaults (128 KiB to read and to write) are sized for
-//! throughput, and one of these lives per held connection.
+//! throughput, and one of these lives per held connection (see `config`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,9 +24,12 @@ use super::{Failure, tls};
 use crate::metrics::{ErrorDetail, ErrorKind};
 use crate::profile::protocol::{WebSocketOptions, WsHeartbeat};
 
+/// tungstenite zero-fills its whole read buffer before each read, so every page of it is
+/// resident in every connection: 512 bytes holds a heartbeat frame many times over, and larger
+/// frames grow it as they need.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20))
