@@ -151,7 +151,8 @@ measure() {
 }
 
 echo "protocols.sh: host: $(nproc) cores, Linux $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "protocols.sh: stampede built from $(cd "$ROOT" && git rev-parse --short HEAD)" >&2
+echo "protocols.sh: stampede built from $(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" &&
+    [[ -n $(git status --porcelain -- src Cargo.toml Cargo.lock) ]] && echo ' with uncommitted changes')" >&2
 # start_sink PROTO N: a fresh sink for the run of N connections, with its own output and
 # certificate files (a file of an earlier sink must never pass for this one's).
 start_sink() {
