@@ -248,11 +248,41 @@ async fn tls_verifies_against_a_ca_file_and_through_nginx() {
     );
     for resumption in [true, false] {
         let tls = json!({"protocol": "tls", "tls": {"server_name": "localhost",
-                         "ca_file": cert, "resumption": resumption}});
+                         "ca_file": cert, "resumption": resumption, "alpn": ["push/1"]}});
         let result = run_json(&profile(addrs(nginx.addr), tls, 100), false, None).await;
         assert_clean(&result.summary, 100);
     }
     drop(nginx);
+
+    // A gateway that only speaks another application protocol refuses the handshake with an
+    // alert of its own: the alert received is what the summary keeps.
+    let alpn_dir = dir.path().join("alpn");
+    std::fs::create_dir(&alpn_dir).unwrap();
+    let strict = Nginx::start(
+        &alpn_dir,
+        &format!(
+            "stream {{ server {{ listen 127.0.0.1:{{PORT}} ssl; ssl_certificate {}; \
+             ssl_certificate_key {}; ssl_alpn push/2; proxy_pass {}; }} }}",
+            cert.display(),
+            key.display(),
+            plain.addr
+        ),
+    );
+    let tls = json!({"protocol": "tls", "tls": {"server_name": "localhost",
+                     "ca_file": cert, "alpn": ["push/1"]}});
+    let s = run_json(&profile(addrs(strict.addr), tls, 10), false, None)
+        .await
+        .summary;
+    assert_eq!(
+        s.errors.0[stampede::metrics::ErrorKind::TlsHandshake as usize],
+        10
+    );
+    assert_eq!(
+        s.error_details["tls_handshake"].get("received alert NoApplicationProtocol (120)"),
+        Some(&10),
+        "{:?}",
+        s.error_details
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
