@@ -2,7 +2,8 @@
 //!
 //! - `pool`: which source address and target each connection slot uses, and capacity.
 //! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
-//! - `conn`: one connection's state machine (connect, heartbeats, failure kinds).
+//! - `conn`: one plain TCP connection's state machine (connect, heartbeats, failure kinds).
+//! - `layered`: one connection of a protocol above TCP (connect, handshake, its heartbeats).
 //! - `table`: plain TCP connections without a task each: one epoll set and one timer queue
 //!   per worker.
 //! - `shard`: a worker thread with its own runtime, its slots and its histograms.
@@ -13,6 +14,7 @@
 //! print, decide outcomes or write files: it sends interval snapshots.
 
 pub mod conn;
+mod layered;
 pub mod pool;
 pub mod session;
 pub(crate) mod shard;
@@ -30,6 +32,7 @@ use tokio::time::Instant;
 use crate::metrics::IntervalSnapshot;
 use crate::profile::timeline::PhaseSpan;
 use crate::profile::{Heartbeat, Profile};
+use crate::protocol::Connector;
 use pool::SourcePool;
 
 /// What every worker needs to play its share of a profile.
@@ -41,9 +44,12 @@ pub struct EnginePlan {
     pub connect_timeout: Duration,
     /// The (share of the) profile: phases and reconnect policies.
     pub profile: Profile,
+    /// The protocol's client side, shared by every connection.
+    pub connector: Connector,
 }
 
 impl EnginePlan {
+    /// A plain TCP plan, or any protocol's with `with_connector`.
     pub fn new(profile: &Profile, pool: SourcePool) -> EnginePlan {
         EnginePlan {
             spans: crate::profile::timeline::spans(profile),
@@ -51,7 +57,13 @@ impl EnginePlan {
             heartbeat: profile.heartbeat,
             connect_timeout: profile.connect_timeout,
             profile: profile.clone(),
+            connector: Connector::Tcp,
         }
+    }
+
+    pub fn with_connector(mut self, connector: Connector) -> EnginePlan {
+        self.connector = connector;
+        self
     }
 }
 

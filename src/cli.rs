@@ -61,6 +61,8 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
   stampede sink --listen 127.0.0.1:7000 --admin 127.0.0.1:7001
   stampede sink --listen 127.0.0.1:7000 --lifetime 30s --close-rate 100
   stampede sink --listen 127.0.0.1:7000 --workers 60 --quiet   # ~1 M connections
+  stampede sink --listen 127.0.0.1:7443 --protocol tls --cert-out sink.pem
+  stampede sink --listen 127.0.0.1:7080 --protocol ws --ws-path /push
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
 connections than one process's file limit allows; --workers N starts N of them and
@@ -264,6 +266,21 @@ pub struct SinkArgs {
     /// limit; this process supervises them and prints their totals.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Protocol to speak: tcp, tls, ws (WebSocket) or wss (WebSocket over TLS).
+    #[arg(long, value_name = "NAME", default_value = "tcp")]
+    pub protocol: String,
+    /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+    /// Write the certificate served (PEM) here, for clients to trust (tls.ca_file).
+    #[arg(long, value_name = "FILE")]
+    pub cert_out: Option<std::path::PathBuf>,
+    /// WebSocket: upgrade only this path; others are answered 404 (default: any path).
+    #[arg(long, value_name = "PATH")]
+    pub ws_path: Option<String>,
 }
 
 fn parse_close_rate(text: &str) -> Result<f64, String> {
@@ -791,6 +808,35 @@ async fn sink_command(args: SinkArgs) -> i32 {
     if let Err(e) = crate::host::raise_fd_limit() {
         eprint_line(&format!("stampede sink: cannot raise RLIMIT_NOFILE: {e}"));
     }
+    let protocol = crate::protocol::SinkProtocol {
+        name: args.protocol.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ws_path: args.ws_path.clone(),
+    };
+    let (acceptor, cert) = match protocol.acceptor() {
+        Ok(built) => built,
+        Err(e) => {
+            eprint_line(&format!("stampede sink: {e}"));
+            return 2;
+        }
+    };
+    if let Some(path) = &args.cert_out {
+        let Some(cert) = &cert else {
+            eprint_line(&format!(
+                "stampede sink: --cert-out needs a TLS protocol (tls or wss), not {:?}",
+                args.protocol
+            ));
+            return 2;
+        };
+        if let Err(e) = std::fs::write(path, crate::protocol::tls::pem(cert)) {
+            eprint_line(&format!(
+                "stampede sink: --cert-out {}: cannot write: {e}",
+                path.display()
+            ));
+            return 2;
+        }
+    }
     let mut listeners = Vec::with_capacity(args.listen.len());
     for addr in &args.listen {
         match sink::bind(*addr) {
@@ -854,7 +900,7 @@ async fn sink_command(args: SinkArgs) -> i32 {
             }
         });
     }
-    sink::run_controlled(listeners, stats, control, async {
+    sink::run_protocol(listeners, stats, control, acceptor, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
@@ -869,7 +915,23 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
         ));
         return 2;
     }
-    let mut pass_on = Vec::new();
+    let mut pass_on = vec!["--protocol".to_string(), args.protocol.clone()];
+    if let Some(path) = &args.ws_path {
+        pass_on.extend(["--ws-path".to_string(), path.clone()]);
+    }
+    // Every worker must serve the same certificate: check the given one here (bad input is
+    // exit 2 before any worker starts), or make one self-signed pair for all of them.
+    let _cert_dir = match sink_workers_certificate(&args) {
+        Ok(Some((dir, cert, key))) => {
+            pass_on.extend(["--cert".to_string(), cert, "--key".to_string(), key]);
+            dir
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprint_line(&format!("stampede sink: {e}"));
+            return 2;
+        }
+    };
     if let Some(lifetime) = args.lifetime {
         pass_on.extend([
             "--lifetime".to_string(),
@@ -947,6 +1009,70 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
     }
     drop(running);
     0
+}
+
+/// A directory removed when dropped (the workers' generated certificate lives there).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// For `sink --workers` with TLS: the `--cert` and `--key` files every worker gets (with the
+/// directory to remove at exit when they were generated), after `--cert-out` is written.
+/// `None` for protocols without TLS.
+fn sink_workers_certificate(
+    args: &SinkArgs,
+) -> Result<Option<(Option<TempDir>, String, String)>, String> {
+    let protocol = crate::protocol::SinkProtocol {
+        name: args.protocol.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ws_path: args.ws_path.clone(),
+    };
+    let (_, served) = protocol.acceptor()?;
+    let Some(served) = served else {
+        return match &args.cert_out {
+            Some(_) => Err(format!(
+                "--cert-out needs a TLS protocol (tls or wss), not {:?}",
+                args.protocol
+            )),
+            None => Ok(None),
+        };
+    };
+    let write = |path: &std::path::Path, text: &str, flag: &str| {
+        std::fs::write(path, text)
+            .map_err(|e| format!("{flag} {}: cannot write: {e}", path.display()))
+    };
+    if let Some(path) = &args.cert_out {
+        write(path, &crate::protocol::tls::pem(&served), "--cert-out")?;
+    }
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        return Ok(Some((
+            None,
+            cert.display().to_string(),
+            key.display().to_string(),
+        )));
+    }
+    let (cert, key) =
+        crate::protocol::tls::self_signed_pem(&crate::protocol::tls::SELF_SIGNED_NAMES)?;
+    let dir = TempDir(std::env::temp_dir().join(format!("stampede-sink-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)
+        .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+    let (cert_file, key_file) = (dir.0.join("sink.pem"), dir.0.join("sink.key"));
+    write(&cert_file, &cert, "certificate")?;
+    write(&key_file, &key, "key")?;
+    if let Some(path) = &args.cert_out {
+        // The workers serve the generated pair, not the one `acceptor` made for the check.
+        write(path, &cert, "--cert-out")?;
+    }
+    Ok(Some((
+        Some(dir),
+        cert_file.display().to_string(),
+        key_file.display().to_string(),
+    )))
 }
 
 async fn sink_admin_command(args: SinkAdminArgs) -> i32 {

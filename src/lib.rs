@@ -6,6 +6,8 @@
 //!   `--set` overrides) and laid on the clock (`profile::timeline`).
 //! - `agent`: the engine that opens and holds connections: source-address pool, socket2
 //!   sockets, the per-connection state machine and per-thread workers.
+//! - `protocol`: protocols above TCP (TLS, WebSocket, ...): handshakes, heartbeats, failure
+//!   classification, client and sink side.
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
 //! - `collect`: merges interval snapshots from workers or agents into every output.
@@ -30,6 +32,7 @@ pub mod metrics;
 pub mod nlb;
 pub mod profile;
 pub mod prometheus;
+pub mod protocol;
 pub mod report;
 pub mod run;
 pub mod sink;

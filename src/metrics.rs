@@ -29,10 +29,20 @@ pub enum ErrorKind {
     HeartbeatTimeout,
     FdLimit,
     Other,
+    /// The TLS handshake failed: an alert received or sent, a bad certificate, a timeout.
+    TlsHandshake,
+    /// The server answered the WebSocket upgrade with something other than 101.
+    WsUpgradeRejected,
+    /// The MQTT broker answered CONNECT with a refusing CONNACK.
+    MqttConnackRefused,
+    /// The HTTP/2 server sent GOAWAY.
+    H2Goaway,
+    /// The HTTP/2 server reset the stream.
+    H2Reset,
 }
 
 impl ErrorKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 14;
     pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
         ErrorKind::AddrNotAvailable,
         ErrorKind::AddrInUse,
@@ -43,6 +53,11 @@ impl ErrorKind {
         ErrorKind::HeartbeatTimeout,
         ErrorKind::FdLimit,
         ErrorKind::Other,
+        ErrorKind::TlsHandshake,
+        ErrorKind::WsUpgradeRejected,
+        ErrorKind::MqttConnackRefused,
+        ErrorKind::H2Goaway,
+        ErrorKind::H2Reset,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +71,11 @@ impl ErrorKind {
             ErrorKind::HeartbeatTimeout => "heartbeat_timeout",
             ErrorKind::FdLimit => "fd_limit",
             ErrorKind::Other => "other",
+            ErrorKind::TlsHandshake => "tls_handshake",
+            ErrorKind::WsUpgradeRejected => "ws_upgrade_rejected",
+            ErrorKind::MqttConnackRefused => "mqtt_connack_refused",
+            ErrorKind::H2Goaway => "h2_goaway",
+            ErrorKind::H2Reset => "h2_reset",
         }
     }
 
@@ -79,6 +99,49 @@ impl ErrorKind {
                 io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
                 _ => ErrorKind::Other,
             },
+        }
+    }
+}
+
+/// What a protocol failure said: the TLS alert, the HTTP status, the reason code. A `Copy`
+/// code, so failures stay unformatted on the hot path; `label` names it for reports.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorDetail {
+    /// A TLS alert from the peer (its code).
+    AlertReceived(u8),
+    /// A TLS alert this side sent, e.g. refusing the peer's certificate (its code).
+    AlertSent(u8),
+    /// The handshake did not finish within the connect timeout.
+    HandshakeTimeout,
+    /// The HTTP status a refused upgrade or request got.
+    HttpStatus(u16),
+    /// An MQTT CONNACK return code (3.1.1) or reason code (5).
+    ReasonCode(u8),
+    /// An HTTP/2 error code (GOAWAY or RST_STREAM).
+    H2Reason(u32),
+}
+
+impl ErrorDetail {
+    /// How reports name it, e.g. `received alert UnknownCA (48)` or `HTTP 404`.
+    pub fn label(self) -> String {
+        match self {
+            ErrorDetail::AlertReceived(code) => format!(
+                "received alert {:?} ({code})",
+                rustls::AlertDescription::from(code)
+            ),
+            ErrorDetail::AlertSent(code) => {
+                format!(
+                    "sent alert {:?} ({code})",
+                    rustls::AlertDescription::from(code)
+                )
+            }
+            ErrorDetail::HandshakeTimeout => "timeout".into(),
+            ErrorDetail::HttpStatus(status) => format!("HTTP {status}"),
+            ErrorDetail::ReasonCode(code) => format!("reason code {code:#04x}"),
+            ErrorDetail::H2Reason(code) => format!("error code {code:#x}"),
         }
     }
 }
@@ -133,7 +196,8 @@ pub enum Latency {
     Connect,
     /// From the actual `connect()` call to established: the plain service time.
     ConnectService,
-    /// From the scheduled heartbeat send to the full echo.
+    /// From the scheduled heartbeat send to the full echo (or the protocol's own keepalive
+    /// answer: a WebSocket pong, an MQTT PINGRESP, an HTTP/2 PING ack).
     HeartbeatRtt,
     /// When each reconnection completed, counted from the start of the phase it happened in:
     /// how long a storm, drain or cutover took to heal.
@@ -141,15 +205,20 @@ pub enum Latency {
     /// When each connection went down (kicked by a phase, or closed or failed under it),
     /// counted from the start of its phase. With `Recovery` it gives how many were down when.
     Disconnect,
+    /// The protocol's handshake on an established TCP connection (TLS, WebSocket upgrade,
+    /// MQTT CONNECT/CONNACK, HTTP/2 preface and settings); never recorded for plain TCP.
+    Handshake,
 }
 
 impl Latency {
-    pub const ALL: [Latency; 5] = [
+    pub const COUNT: usize = 6;
+    pub const ALL: [Latency; Latency::COUNT] = [
         Latency::Connect,
         Latency::ConnectService,
         Latency::HeartbeatRtt,
         Latency::Recovery,
         Latency::Disconnect,
+        Latency::Handshake,
     ];
 
     /// Tag in the hlog and key in `summary.json`.
@@ -160,6 +229,7 @@ impl Latency {
             Latency::HeartbeatRtt => "heartbeat_rtt",
             Latency::Recovery => "recovery",
             Latency::Disconnect => "disconnect",
+            Latency::Handshake => "handshake",
         }
     }
 
@@ -171,6 +241,7 @@ impl Latency {
             Latency::HeartbeatRtt => "heartbeat",
             Latency::Recovery => "recovery",
             Latency::Disconnect => "disconnect",
+            Latency::Handshake => "handshake",
         }
     }
 }
@@ -199,19 +270,13 @@ pub fn add_sparse(into: &mut Histogram<u64>, source: &Histogram<u64>) {
 /// One histogram per `Latency`, in microseconds.
 #[derive(Debug)]
 pub struct LatencySet {
-    pub hists: [Histogram<u64>; 5],
+    pub hists: [Histogram<u64>; Latency::COUNT],
 }
 
 impl Default for LatencySet {
     fn default() -> Self {
         LatencySet {
-            hists: [
-                new_histogram(),
-                new_histogram(),
-                new_histogram(),
-                new_histogram(),
-                new_histogram(),
-            ],
+            hists: std::array::from_fn(|_| new_histogram()),
         }
     }
 }
@@ -259,6 +324,9 @@ pub struct IntervalData {
     /// Reconnections by the number of attempts they took: index `n - 1` for `n` attempts, the
     /// last bucket for `RECONNECT_BUCKETS` or more.
     pub reconnect_attempts: [u64; RECONNECT_BUCKETS],
+    /// Protocol failures by what they said (the alert, the status, the reason code). Empty
+    /// for plain TCP; a handful of entries otherwise, since the details seen are few.
+    pub details: BTreeMap<(ErrorKind, ErrorDetail), u64>,
 }
 
 /// Buckets of the reconnect-attempts distribution.
@@ -283,6 +351,7 @@ impl IntervalData {
             first_attempt_us: None,
             last_established_us: None,
             reconnect_attempts: [0; RECONNECT_BUCKETS],
+            details: BTreeMap::new(),
         }
     }
 
@@ -306,6 +375,9 @@ impl IntervalData {
             .zip(other.reconnect_attempts)
         {
             *mine += theirs;
+        }
+        for (key, n) in &other.details {
+            *self.details.entry(*key).or_insert(0) += n;
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod overrides;
+pub mod protocol;
 pub mod reconnect;
 pub mod sources;
 pub mod threshold;
@@ -77,20 +78,7 @@ pub enum TargetSpec {
     Addrs(Vec<SocketAddr>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-}
-
-impl Protocol {
-    pub const NAMES: [&'static str; 1] = ["tcp"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-        }
-    }
-}
+pub use protocol::{Protocol, ProtocolOptions};
 
 /// Source addresses to bind, and the per-socket port range.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -241,6 +229,8 @@ pub struct Profile {
     pub description: Option<String>,
     pub target: TargetSpec,
     pub protocol: Protocol,
+    /// The options of `protocol` (TLS, WebSocket, ...); all `None` for plain TCP.
+    pub protocol_options: ProtocolOptions,
     pub connections: u64,
     pub sources: SourceSpec,
     pub heartbeat: Option<Heartbeat>,
@@ -262,6 +252,14 @@ struct RawProfile {
     target: Value,
     #[serde(default)]
     protocol: Option<String>,
+    #[serde(default)]
+    tls: Option<protocol::RawTls>,
+    #[serde(default)]
+    websocket: Option<protocol::RawWebSocket>,
+    #[serde(default)]
+    mqtt: Option<Value>,
+    #[serde(default)]
+    http2: Option<Value>,
     connections: u64,
     #[serde(default)]
     sources: Option<RawSources>,
@@ -572,18 +570,6 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         ));
     }
     let target = validate_target(&raw.target)?;
-    let protocol = match raw.protocol.as_deref() {
-        None | Some("tcp") => Protocol::Tcp,
-        Some(other) => {
-            return Err(ProfileError::at(
-                "protocol",
-                format!(
-                    "{other:?} is not supported; valid protocols: {}",
-                    Protocol::NAMES.join(", ")
-                ),
-            ));
-        }
-    };
     if raw.connections == 0 || raw.connections > MAX_CONNECTIONS {
         return Err(ProfileError::at(
             "connections",
@@ -598,6 +584,17 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         Some(raw_sources) => validate_sources(raw_sources)?,
     };
     let heartbeat = raw.heartbeat.map(validate_heartbeat).transpose()?;
+    let (protocol, protocol_options) = protocol::validate(
+        raw.protocol.as_deref(),
+        protocol::RawProtocolOptions {
+            tls: raw.tls,
+            websocket: raw.websocket,
+            mqtt: raw.mqtt,
+            http2: raw.http2,
+        },
+        &target,
+        heartbeat.as_ref(),
+    )?;
     let connect_timeout = match raw.connect_timeout.as_deref() {
         None => Duration::from_secs(10),
         Some(text) => duration_at("connect_timeout", text)?,
@@ -844,6 +841,7 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         description: raw.description,
         target,
         protocol,
+        protocol_options,
         connections: raw.connections,
         sources,
         heartbeat,

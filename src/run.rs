@@ -250,6 +250,16 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
     let (sink_stop_tx, sink_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut sink_task = None;
     let mut embedded_control = None;
+    // The embedded sink speaks the profile's protocol; its certificate, if any, is trusted.
+    let (acceptor, sink_cert) = if profile.target == TargetSpec::Embedded {
+        crate::protocol::SinkProtocol::for_profile(profile)
+            .acceptor()
+            .map_err(|e| RunError::Fatal(format!("cannot start the embedded sink: {e}")))?
+    } else {
+        (crate::protocol::Acceptor::Tcp, None)
+    };
+    let connector =
+        crate::protocol::Connector::new(profile, sink_cert.as_slice()).map_err(RunError::Plan)?;
     if profile.target == TargetSpec::Embedded {
         let listener = sink::bind_embedded()
             .map_err(|e| RunError::Fatal(format!("cannot start the embedded sink: {e}")))?;
@@ -260,10 +270,11 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         let stats = Arc::new(sink::SinkStats::default());
         let control = sink::SinkControl::new();
         embedded_control = Some(control.clone());
-        sink_task = Some(tokio::spawn(sink::run_controlled(
+        sink_task = Some(tokio::spawn(sink::run_protocol(
             vec![listener],
             stats,
             control,
+            acceptor,
             async {
                 let _ = sink_stop_rx.await;
             },
@@ -274,7 +285,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .collect();
     let target_labels: Vec<String> = pool.targets.iter().map(ToString::to_string).collect();
 
-    let plan = Arc::new(EnginePlan::new(profile, pool));
+    let plan = Arc::new(EnginePlan::new(profile, pool).with_connector(connector));
     let workers = preflight.workers;
     let (snapshot_tx, mut snapshot_rx) = mpsc::unbounded_channel();
     // A short lead so every worker thread is up before the first planned attempt.

@@ -5,6 +5,8 @@
 //! Listeners use `SO_REUSEPORT`, so several sink processes can share a port (one process holds
 //! at most its file limit). `run` is the same code for `stampede sink` and for profiles whose
 //! target is `"embedded"`. Per connection it keeps the task and one registry entry, no timer.
+//! Plain TCP is echoed here; other protocols (`run_protocol`) handshake and echo in
+//! `crate::protocol`, under the same registry and actions.
 //!
 //! - `action`: the actions (close_all, close_fraction, ...) and their validation.
 //! - `control`: carries actions out: the connection registry, the closer task, the listeners.
@@ -31,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::protocol::Acceptor;
 pub use action::{ACTION_NAMES, SinkAction};
 pub use admin::{admin_apply, admin_request, admin_stats, serve_admin};
 use control::{ConnId, ListenerRx};
@@ -46,6 +49,9 @@ pub struct SinkStats {
     pub accepted: AtomicU64,
     pub bytes: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// TLS handshakes completed (tls and wss), and how many of them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl SinkStats {
@@ -61,6 +67,11 @@ impl SinkStats {
             self.accept_errors.load(Ordering::Relaxed),
         );
         *previous = (accepted, bytes);
+        let handshakes = self.tls_handshakes.load(Ordering::Relaxed);
+        if handshakes > 0 {
+            let resumed = self.tls_resumed.load(Ordering::Relaxed);
+            return format!("{line} tls_handshakes {handshakes} tls_resumed {resumed}");
+        }
         line
     }
 }
@@ -137,12 +148,28 @@ pub async fn run_controlled(
     control: Arc<SinkControl>,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_protocol(listeners, stats, control, Acceptor::Tcp, shutdown).await;
+}
+
+/// Like `run_controlled`, speaking `acceptor`'s protocol on every accepted connection.
+pub async fn run_protocol(
+    listeners: Vec<TcpListener>,
+    stats: Arc<SinkStats>,
+    control: Arc<SinkControl>,
+    acceptor: Acceptor,
+    shutdown: impl Future<Output = ()>,
+) {
     let listeners = control.install(listeners, &stats);
     // Declared before the tasks, so dropped after them: loops stop, then everything closes.
     let _stopped = Uninstall(control.clone());
     let mut tasks = JoinSet::new();
     for current_rx in listeners {
-        tasks.spawn(accept_loop(current_rx, stats.clone(), control.clone()));
+        tasks.spawn(accept_loop(
+            current_rx,
+            stats.clone(),
+            control.clone(),
+            acceptor.clone(),
+        ));
     }
     let closer = control.clone();
     tasks.spawn(async move { closer.run_closer().await });
@@ -159,7 +186,12 @@ impl Drop for Uninstall {
 }
 
 /// Accepts on one listener while the control has a socket for it; waits while it has none.
-async fn accept_loop(mut current_rx: ListenerRx, stats: Arc<SinkStats>, control: Arc<SinkControl>) {
+async fn accept_loop(
+    mut current_rx: ListenerRx,
+    stats: Arc<SinkStats>,
+    control: Arc<SinkControl>,
+    acceptor: Acceptor,
+) {
     loop {
         let current = current_rx.borrow_and_update().clone();
         let Some(shared) = current else {
@@ -190,7 +222,10 @@ async fn accept_loop(mut current_rx: ListenerRx, stats: Arc<SinkStats>, control:
                     break;
                 }
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => admit(stream, &stats, &control),
+                    Ok((stream, _)) => match acceptor {
+                        Acceptor::Tcp => admit(stream, &stats, &control),
+                        _ => admit_protocol(stream, &stats, &control, &acceptor),
+                    },
                     // Stopped under us: the socket left the listening state.
                     Err(_) if current_rx.has_changed().unwrap_or(true) => break,
                     Err(_) => {
@@ -216,6 +251,44 @@ fn admit(stream: TcpStream, stats: &Arc<SinkStats>, control: &Arc<SinkControl>) 
     };
     let task = tokio::spawn(echo(held));
     control.attach(id, task.abort_handle());
+}
+
+/// Admits a connection of a protocol above TCP: its task handshakes and echoes; the guard
+/// keeps the counters and the registry right however it ends.
+fn admit_protocol(
+    stream: TcpStream,
+    stats: &Arc<SinkStats>,
+    control: &Arc<SinkControl>,
+    acceptor: &Acceptor,
+) {
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let id = control.admit();
+    let guard = Admitted {
+        id,
+        stats: stats.clone(),
+        control: control.clone(),
+    };
+    let acceptor = acceptor.clone();
+    let task = tokio::spawn(async move {
+        acceptor.serve(stream, &guard.stats).await;
+        drop(guard);
+    });
+    control.attach(id, task.abort_handle());
+}
+
+/// A protocol connection's place in the counters and the registry.
+struct Admitted {
+    id: ConnId,
+    stats: Arc<SinkStats>,
+    control: Arc<SinkControl>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.control.forget(self.id);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One held connection. Dropping it, whether the client closed, the sink closed it (its task

@@ -19,10 +19,13 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::metrics::{Counts, HIGHEST_US, IntervalData, LOWEST_US, LatencySet, SIGFIGS};
+use crate::metrics::{
+    Counts, ErrorDetail, ErrorKind, HIGHEST_US, IntervalData, LOWEST_US, LatencySet, SIGFIGS,
+};
 
 /// Bumped whenever a message changes shape; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: a sixth histogram (handshake), five more error kinds and the protocol failure details.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -90,6 +93,9 @@ pub struct WireInterval {
     pub last_established_us: Option<u64>,
     #[serde(default)]
     pub reconnect_attempts: Vec<u64>,
+    /// Protocol failure details: (error kind name, detail, count).
+    #[serde(default)]
+    pub details: Vec<(String, ErrorDetail, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -355,6 +361,11 @@ impl WireInterval {
             first_attempt_us: data.first_attempt_us,
             last_established_us: data.last_established_us,
             reconnect_attempts: data.reconnect_attempts.to_vec(),
+            details: data
+                .details
+                .iter()
+                .map(|((kind, detail), n)| (kind.name().to_string(), *detail, *n))
+                .collect(),
         }
     }
 
@@ -384,6 +395,14 @@ impl WireInterval {
                 }
                 buckets
             },
+            // A kind this build does not know is dropped here; its count is in `totals`.
+            details: self
+                .details
+                .iter()
+                .filter_map(|(name, detail, n)| {
+                    ErrorKind::from_name(name).map(|kind| ((kind, *detail), *n))
+                })
+                .collect(),
         })
     }
 }

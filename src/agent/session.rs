@@ -433,7 +433,14 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     };
     let spans = timeline::spans(&profile);
     let workers = checked.workers;
-    let engine_plan = Arc::new(EnginePlan::new(&profile, pool));
+    let connector = match crate::protocol::Connector::new(&profile, &[]) {
+        Ok(connector) => connector,
+        Err(reason) => {
+            let reason = format!("agent {}: {reason}", options.name);
+            return Err(refuse_plan(&mut stream, reason).await);
+        }
+    };
+    let engine_plan = Arc::new(EnginePlan::new(&profile, pool).with_connector(connector));
     let (snapshot_tx, mut snapshot_rx) = mpsc::unbounded_channel();
     let engine = Engine::start(engine_plan, workers, start, snapshot_tx)
         .map_err(|e| exit(3, format!("cannot start worker threads: {e}")))?;

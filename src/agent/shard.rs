@@ -104,8 +104,33 @@ impl Shard {
             .count(source, target, |c| c.errors[kind as usize] += 1);
     }
 
+    /// Counts a protocol failure, and what it said if anything.
+    pub fn fail_with(&self, source: usize, target: usize, failure: crate::protocol::Failure) {
+        let mut data = self.data.borrow_mut();
+        data.count(source, target, |c| c.errors[failure.kind as usize] += 1);
+        if let Some(detail) = failure.detail {
+            *data.details.entry((failure.kind, detail)).or_insert(0) += 1;
+        }
+    }
+
     fn fresh_data(&self) -> IntervalData {
         IntervalData::new(self.plan.pool.sources.len(), self.plan.pool.targets.len())
+    }
+}
+
+/// Starts a slot's connection task: plain TCP on its hand-written futures, other protocols
+/// on `layered`.
+fn spawn_slot(
+    shard: &Rc<Shard>,
+    slot: u64,
+    at: Instant,
+    reconnecting: bool,
+) -> tokio::task::JoinHandle<()> {
+    match shard.plan.connector {
+        crate::protocol::Connector::Tcp => {
+            tokio::task::spawn_local(super::conn::run(shard.clone(), slot, at, reconnecting))
+        }
+        _ => tokio::task::spawn_local(super::layered::run(shard.clone(), slot, at, reconnecting)),
     }
 }
 
@@ -121,8 +146,11 @@ pub(crate) async fn run(
 ) {
     let shard = Rc::new(Shard::new(plan.clone(), start, workers));
     // Plain TCP connections live in the table (no task per connection). Should the kernel
-    // refuse an epoll instance, they fall back to a task each.
-    let mut table = super::table::Table::new(worker, workers).ok();
+    // refuse an epoll instance, they fall back to a task each, as other protocols have.
+    let mut table = match plan.connector {
+        crate::protocol::Connector::Tcp => super::table::Table::new(worker, workers).ok(),
+        _ => None,
+    };
     let total = timeline::total(&plan.spans);
     let mut schedule = WorkerSchedule::new(&plan.profile, &plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.
@@ -184,12 +212,7 @@ pub(crate) async fn run(
                                 table.open(&shard, event.slot, origin + event.at);
                                 continue;
                             }
-                            let task = tokio::task::spawn_local(super::conn::run(
-                                shard.clone(),
-                                event.slot,
-                                origin + event.at,
-                                false,
-                            ));
+                            let task = spawn_slot(&shard, event.slot, origin + event.at, false);
                             if slots.len() <= index {
                                 slots.resize(index + 1, None);
                             }
@@ -221,12 +244,7 @@ pub(crate) async fn run(
                             if let Some(handle) = slots.get_mut(index).and_then(Option::take) {
                                 handle.abort();
                             }
-                            let task = tokio::task::spawn_local(super::conn::run(
-                                shard.clone(),
-                                event.slot,
-                                now,
-                                true,
-                            ));
+                            let task = spawn_slot(&shard, event.slot, now, true);
                             slots[index] = Some(task.abort_handle());
                         }
                         SlotAction::PhaseStart { phase } => {

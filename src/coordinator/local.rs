@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -71,7 +72,67 @@ fn per_process_capacity() -> Result<u64, RunError> {
 }
 
 /// Starts `count` sink processes sharing one loopback port; returns the port's address.
-fn start_sinks(count: u64, children: &mut Children) -> Result<SocketAddr, RunError> {
+/// The sink processes' protocol flags for `profile`, and for TLS the certificate and key
+/// files they share (written here, so that every sink serves the same certificate and the
+/// agents can trust it).
+struct SinkFlags {
+    args: Vec<String>,
+    /// The certificate agents must trust, when the sinks speak TLS.
+    ca_file: Option<PathBuf>,
+    /// Removes the certificate files when the run ends.
+    _files: Option<TempFiles>,
+}
+
+struct TempFiles(PathBuf);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sink_flags(profile: &crate::profile::Profile) -> Result<SinkFlags, RunError> {
+    let protocol = crate::protocol::SinkProtocol::for_profile(profile);
+    let mut args = vec!["--protocol".to_string(), protocol.name.clone()];
+    if !matches!(protocol.name.as_str(), "tls" | "wss") {
+        return Ok(SinkFlags {
+            args,
+            ca_file: None,
+            _files: None,
+        });
+    }
+    let fatal = |e: String| RunError::Fatal(format!("cannot prepare the sinks' certificate: {e}"));
+    let (cert, key) =
+        crate::protocol::tls::self_signed_pem(&crate::protocol::tls::SELF_SIGNED_NAMES)
+            .map_err(fatal)?;
+    let dir = std::env::temp_dir().join(format!(
+        "stampede-swarm-{}-{}",
+        std::process::id(),
+        crate::coordinator::unix_us()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| fatal(e.to_string()))?;
+    let files = TempFiles(dir.clone());
+    let (cert_file, key_file) = (dir.join("sink.pem"), dir.join("sink.key"));
+    std::fs::write(&cert_file, cert).map_err(|e| fatal(e.to_string()))?;
+    std::fs::write(&key_file, key).map_err(|e| fatal(e.to_string()))?;
+    args.extend([
+        "--cert".to_string(),
+        cert_file.display().to_string(),
+        "--key".to_string(),
+        key_file.display().to_string(),
+    ]);
+    Ok(SinkFlags {
+        args,
+        ca_file: Some(cert_file),
+        _files: Some(files),
+    })
+}
+
+fn start_sinks(
+    count: u64,
+    flags: &SinkFlags,
+    children: &mut Children,
+) -> Result<SocketAddr, RunError> {
     let exe = std::env::current_exe()
         .map_err(|e| RunError::Fatal(format!("cannot find this program: {e}")))?;
     let mut addr: Option<SocketAddr> = None;
@@ -79,6 +140,7 @@ fn start_sinks(count: u64, children: &mut Children) -> Result<SocketAddr, RunErr
         let listen = addr.map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut child = Command::new(&exe)
             .args(["sink", "--quiet", "--listen", &listen])
+            .args(&flags.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -127,12 +189,35 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
     }
 
     let mut children = Children(Vec::new());
+    let mut profile_json = options.profile_json.clone();
+    // Declared before the sinks, so their certificate files outlive them.
+    let mut sink_files = None;
     let target_override = if embedded {
         // SO_REUSEPORT spreads connections by hash, not evenly: with sinks filled to the limit
         // on average, some would overflow. A tenth of headroom covers the spread (a few
         // standard deviations of a binomial at these counts).
         let sinks = (peak + peak / 10).div_ceil(per_process).max(1);
-        Some(vec![start_sinks(sinks, &mut children)?])
+        let flags = sink_flags(profile)?;
+        // The agents trust the sinks' certificate as a run trusts its embedded sink's.
+        let verify = profile
+            .protocol_options
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.verify);
+        if let (Some(ca_file), true) = (&flags.ca_file, verify)
+            && profile_json
+                .get("tls")
+                .and_then(|t| t.get("ca_file"))
+                .is_none()
+        {
+            if !profile_json.get("tls").is_some_and(Value::is_object) {
+                profile_json["tls"] = serde_json::json!({});
+            }
+            profile_json["tls"]["ca_file"] = Value::from(ca_file.display().to_string());
+        }
+        let addr = start_sinks(sinks, &flags, &mut children)?;
+        sink_files = Some(flags);
+        Some(vec![addr])
     } else {
         None
     };
@@ -187,7 +272,7 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
     }
     let result = super::run(CoordinatorOptions {
         profile: options.profile,
-        profile_json: options.profile_json,
+        profile_json,
         listener,
         agents,
         token: None,
@@ -205,5 +290,6 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
     .await;
     // Agents exit on their own once they have sent their last report; sinks are ours to end.
     drop(children);
+    drop(sink_files);
     result
 }

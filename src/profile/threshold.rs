@@ -8,7 +8,7 @@ use super::duration::{DURATION_HINT, parse_duration};
 use crate::metrics::ErrorKind;
 
 /// The latency families a threshold can name, with their histogram tag.
-pub const LATENCY_METRICS: [&str; 3] = ["connect", "connect_service", "heartbeat"];
+pub const LATENCY_METRICS: [&str; 4] = ["connect", "connect_service", "heartbeat", "handshake"];
 /// Statistics of a latency family: `connect_p99`, `heartbeat_max`, ...
 pub const LATENCY_STATS: [&str; 6] = ["p50", "p90", "p99", "p999", "max", "mean"];
 /// Plain counters and ratios.

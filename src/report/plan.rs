@@ -31,7 +31,12 @@ pub fn render(profile: &Profile) -> String {
             addrs.clone()
         }
     };
-    let _ = writeln!(out, "protocol    {}", profile.protocol.name());
+    let _ = writeln!(
+        out,
+        "protocol    {}{}",
+        profile.protocol.name(),
+        protocol_details(profile)
+    );
     let _ = writeln!(
         out,
         "connections {} (peak held {peak})",
@@ -142,4 +147,40 @@ pub fn render(profile: &Profile) -> String {
         let _ = writeln!(out, "thresholds  {}", list.join(", "));
     }
     out
+}
+
+/// The protocol options worth seeing before a run: TLS checks and resumption, the upgrade.
+fn protocol_details(profile: &Profile) -> String {
+    let options = &profile.protocol_options;
+    let mut parts = Vec::new();
+    if let Some(ws) = &options.websocket {
+        parts.push(format!(
+            "{} {} (heartbeat {})",
+            if ws.secure { "wss" } else { "ws" },
+            ws.path,
+            match ws.heartbeat {
+                crate::profile::protocol::WsHeartbeat::Ping => "ping",
+                crate::profile::protocol::WsHeartbeat::Text => "text",
+            }
+        ));
+    }
+    if let Some(tls) = &options.tls {
+        let name = tls.server_name.as_deref().unwrap_or("the target's IP");
+        let verify = match (&tls.verify, &tls.ca_file) {
+            (false, _) => "no verification".to_string(),
+            (true, Some(ca)) => format!("verified against {}", ca.display()),
+            (true, None) => "verified against the embedded sink's certificate".to_string(),
+        };
+        let resumption = if tls.resumption {
+            "resumption on"
+        } else {
+            "resumption off"
+        };
+        parts.push(format!("TLS to {name}, {verify}, {resumption}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
 }

@@ -1,6 +1,8 @@
 //! `summary.json` (schema `stampede.summary/v1`, see `schemas/summary.schema.json`) and the
 //! threshold evaluation that decides the outcome.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde::ser::SerializeMap;
@@ -93,6 +95,8 @@ pub struct LatencySummary {
     pub heartbeat_rtt: LatencyStats,
     /// When reconnections completed, from the start of their phase.
     pub recovery: LatencyStats,
+    /// The protocol handshake after TCP connect (empty for plain TCP).
+    pub handshake: LatencyStats,
 }
 
 impl LatencySummary {
@@ -101,6 +105,7 @@ impl LatencySummary {
             "connect" => Some(&self.connect),
             "connect_service" => Some(&self.connect_service),
             "heartbeat" => Some(&self.heartbeat_rtt),
+            "handshake" => Some(&self.handshake),
             _ => None,
         }
     }
@@ -289,6 +294,9 @@ pub struct Summary {
     pub connections: ConnectionCounts,
     pub heartbeats: HeartbeatCounts,
     pub errors: ErrorCounts,
+    /// Protocol failures broken down by what they said, per error kind:
+    /// `{"tls_handshake": {"received alert UnknownCA (48)": 3}}`. Empty for plain TCP.
+    pub error_details: BTreeMap<&'static str, BTreeMap<String, u64>>,
     pub latency_us: LatencySummary,
     pub thresholds: Vec<ThresholdResult>,
     pub sources: Vec<ScopeCounts>,
@@ -355,6 +363,7 @@ impl Summary {
             connect_service: LatencyStats::of(totals.latency.get(Latency::ConnectService)),
             heartbeat_rtt: LatencyStats::of(totals.latency.get(Latency::HeartbeatRtt)),
             recovery: LatencyStats::of(totals.latency.get(Latency::Recovery)),
+            handshake: LatencyStats::of(totals.latency.get(Latency::Handshake)),
         };
         let timeline = &aggregate.timeline;
         let phases = facts
@@ -440,6 +449,17 @@ impl Summary {
                 answered: c.heartbeats_answered,
             },
             errors: ErrorCounts(c.errors),
+            error_details: {
+                let mut details: BTreeMap<&'static str, BTreeMap<String, u64>> = BTreeMap::new();
+                for ((kind, detail), n) in &totals.details {
+                    *details
+                        .entry(kind.name())
+                        .or_default()
+                        .entry(detail.label())
+                        .or_insert(0) += n;
+                }
+                details
+            },
             latency_us: latency,
             thresholds: Vec::new(),
             sources: facts

@@ -131,6 +131,10 @@ pub fn render(summary: &Summary) -> String {
         summary.heartbeats.sent, summary.heartbeats.answered
     );
     let _ = writeln!(out, "errors       {}", errors_text(&summary.errors.0));
+    for (kind, details) in &summary.error_details {
+        let parts: Vec<String> = details.iter().map(|(d, n)| format!("{d} {n}")).collect();
+        let _ = writeln!(out, "  {kind:<22} {}", parts.join(", "));
+    }
     let _ = writeln!(
         out,
         "latency{:>20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -142,6 +146,9 @@ pub fn render(summary: &Summary) -> String {
         "connect_service",
         &summary.latency_us.connect_service,
     );
+    if summary.latency_us.handshake.count > 0 {
+        latency_row(&mut out, "handshake", &summary.latency_us.handshake);
+    }
     latency_row(&mut out, "heartbeat_rtt", &summary.latency_us.heartbeat_rtt);
     let disruptive: Vec<_> = summary
         .phases

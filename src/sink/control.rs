@@ -49,6 +49,11 @@ pub struct SinkStatus {
     /// Closes per second now set (0: none).
     pub close_rate: f64,
     pub lifetime_seconds: Option<f64>,
+    /// TLS handshakes completed, and how many resumed a session (tls and wss only).
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
 }
 
 /// Identifies one held connection in the registry; ids grow in accept order.
@@ -217,6 +222,8 @@ impl SinkControl {
             accept_errors: stats.accept_errors.load(Ordering::Relaxed),
             close_rate: schedule.per_second,
             lifetime_seconds: schedule.lifetime.map(|d| d.as_secs_f64()),
+            tls_handshakes: stats.tls_handshakes.load(Ordering::Relaxed),
+            tls_resumed: stats.tls_resumed.load(Ordering::Relaxed),
         }
     }
 

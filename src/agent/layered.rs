@@ -1,0 +1,242 @@
+//! One connection slot's life for protocols above TCP (TLS, WebSocket, ...): TCP connect timed
+//! into `connect` exactly as `conn` does, then the protocol's handshake timed into `handshake`,
+//! then heartbeats in the protocol's own keepalive timed as `heartbeat_rtt`, under the same
+//! reconnect policy. Plain TCP never runs here; it keeps the lean hand-written futures of
+//! `conn`. These connections carry a TLS or WebSocket state of several kilobytes anyway, so
+//! plain async functions cost little more here.
+//!
+//! A connection counts as established once its handshake is done: a storm's recovery is the
+//! moment a client can talk again, not its TCP connect.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, micros};
+use super::shard::Shard;
+use crate::metrics::{ErrorDetail, ErrorKind, Latency};
+use crate::protocol::{Failure, Session};
+
+/// Runs slot `slot` from `intended` until it is given up, stopped by the plan, or the run
+/// ends; the counterpart of `conn::run`.
+pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnecting: bool) {
+    let mut attempt = u32::from(reconnecting);
+    let mut previous_ms = 0u32;
+    let mut planned = intended;
+    loop {
+        if attempt > 0 {
+            let Some(wait) = backoff(&shard, slot, attempt, &mut previous_ms) else {
+                return;
+            };
+            planned = Instant::now() + wait;
+            sleep_until(planned).await;
+        }
+        let set = shard.target_set.get();
+        if let Some((session, fd)) = establish(&shard, slot, set, attempt, planned).await {
+            attempt = 0;
+            if let Err(failure) = hold(&shard, session, fd, slot, set).await {
+                let (source, target) = shard.plan.pool.pair_in(slot, set);
+                shard.fail_with(source, target, failure);
+                shard.went_down();
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// Connects and handshakes; every failure is counted here.
+async fn establish(
+    shard: &Shard,
+    slot: u64,
+    set: usize,
+    attempt: u32,
+    planned: Instant,
+) -> Option<(Session, i32)> {
+    let (source, target) = shard.plan.pool.pair_in(slot, set);
+    let began = Instant::now();
+    let lag = began
+        .saturating_duration_since(planned)
+        .saturating_sub(TIMER_GRANULARITY);
+    {
+        let mut data = shard.data.borrow_mut();
+        data.count(source, target, |c| c.attempts += 1);
+        if data.first_attempt_us.is_none() {
+            data.first_attempt_us = Some(micros(began.saturating_duration_since(shard.start)));
+        }
+    }
+    let pool = &shard.plan.pool;
+    let target_addr = pool.targets[target];
+    let stream =
+        match super::socket::start_connect(pool.sources[source], target_addr, pool.port_range) {
+            Ok(stream) => stream,
+            Err(e) => {
+                shard.fail(source, target, ErrorKind::from_io(&e));
+                return None;
+            }
+        };
+    let connect_timeout = shard.plan.connect_timeout;
+    let connected = match timeout_at(began + connect_timeout, stream.writable()).await {
+        Err(_) => Err(ErrorKind::ConnectTimeout),
+        Ok(Err(e)) => Err(ErrorKind::from_io(&e)),
+        Ok(Ok(())) => match stream.take_error() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) | Err(e) => Err(ErrorKind::from_io(&e)),
+        },
+    };
+    if let Err(kind) = connected {
+        shard.fail(source, target, kind);
+        return None;
+    }
+    let tcp_done = Instant::now();
+    let service = tcp_done - began;
+    {
+        let mut data = shard.data.borrow_mut();
+        data.latency
+            .record(Latency::Connect, micros(service) + micros(lag));
+        data.latency
+            .record(Latency::ConnectService, micros(service));
+    }
+    let fd = stream.as_raw_fd();
+    // Boxed: the handshake's state is kilobytes, and inline it would size every connection's
+    // task for its whole life; boxed, it is freed once the handshake is done.
+    let handshake = Box::pin(shard.plan.connector.handshake(stream, target_addr));
+    let session = match timeout_at(tcp_done + connect_timeout, handshake).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(failure)) => {
+            shard.fail_with(source, target, failure);
+            return None;
+        }
+        Err(_) => {
+            let failure = Failure {
+                kind: ErrorKind::ConnectTimeout,
+                detail: Some(ErrorDetail::HandshakeTimeout),
+            };
+            shard.fail_with(source, target, failure);
+            return None;
+        }
+    };
+    let now = Instant::now();
+    let mut data = shard.data.borrow_mut();
+    data.latency
+        .record(Latency::Handshake, micros(now - tcp_done));
+    data.count(source, target, |c| c.established += 1);
+    if attempt > 0 {
+        data.reconnected(source, target, attempt);
+        let since_phase = now.saturating_duration_since(shard.phase_started.get());
+        data.latency.record(Latency::Recovery, micros(since_phase));
+    }
+    data.last_established_us = Some(micros(now.saturating_duration_since(shard.start)));
+    Some((session, fd))
+}
+
+/// Keeps the open gauge, the slot's socket registry and the close count right however the
+/// connection ends, aborts included (as `conn::Held` does).
+struct Open<'a> {
+    shard: &'a Shard,
+    slot: u64,
+    set: usize,
+}
+
+impl<'a> Open<'a> {
+    fn new(shard: &'a Shard, slot: u64, set: usize, fd: i32) -> Open<'a> {
+        shard.open.set(shard.open.get() + 1);
+        shard.set_fd(slot, fd);
+        Open { shard, slot, set }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let shard = self.shard;
+        shard.open.set(shard.open.get() - 1);
+        shard.set_fd(self.slot, -1);
+        if !shard.tearing_down.get() {
+            let (source, target) = shard.plan.pool.pair_in(self.slot, self.set);
+            shard
+                .data
+                .borrow_mut()
+                .count(source, target, |c| c.closed += 1);
+        }
+    }
+}
+
+/// Holds an established session: heartbeats if the plan has them, and in any case notices at
+/// once when the peer goes away.
+async fn hold(
+    shard: &Shard,
+    mut session: Session,
+    fd: i32,
+    slot: u64,
+    set: usize,
+) -> Result<(), Failure> {
+    let _open = Open::new(shard, slot, set, fd);
+    let Some(heartbeat) = shard.plan.heartbeat else {
+        return Err(session.closed().await);
+    };
+    let (source, target) = shard.plan.pool.pair_in(slot, set);
+    let mut scheduled = Instant::now() + heartbeat_offset(slot, heartbeat.interval);
+    loop {
+        tokio::select! {
+            failure = session.closed() => return Err(failure),
+            () = sleep_until(scheduled) => {}
+        }
+        let sent_at = Instant::now();
+        shard
+            .data
+            .borrow_mut()
+            .count(source, target, |c| c.heartbeats_sent += 1);
+        match timeout_at(
+            sent_at + heartbeat.timeout,
+            session.heartbeat(&shard.payload),
+        )
+        .await
+        {
+            Err(_) => return Err(Failure::kind(ErrorKind::HeartbeatTimeout)),
+            Ok(Err(failure)) => return Err(failure),
+            Ok(Ok(())) => {}
+        }
+        let now = Instant::now();
+        {
+            let mut data = shard.data.borrow_mut();
+            data.latency.record(
+                Latency::HeartbeatRtt,
+                micros(from_schedule(scheduled, sent_at, now)),
+            );
+            data.count(source, target, |c| c.heartbeats_answered += 1);
+        }
+        scheduled += heartbeat.interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of these lives per held connection: the handshake's kilobytes must stay boxed.
+    #[tokio::test]
+    async fn future_stays_small() {
+        use crate::agent::EnginePlan;
+        use crate::agent::pool::SourcePool;
+        use crate::profile::SourceSpec;
+        let pool = SourcePool::new(
+            &SourceSpec::default(),
+            &["127.0.0.1:9".parse().unwrap()],
+            crate::host::ephemeral_port_range(),
+        )
+        .unwrap();
+        let profile = crate::profile::Profile::from_value(serde_json::json!({
+            "name": "size", "target": "embedded", "connections": 1, "protocol": "tls",
+            "heartbeat": {"interval": "1s"}, "phases": [{"hold": {"for": "1s"}}]
+        }))
+        .unwrap();
+        let plan = std::sync::Arc::new(EnginePlan::new(&profile, pool));
+        let shard = Rc::new(Shard::new(plan, Instant::now(), 1));
+        let future = run(shard, 0, Instant::now(), false);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= 1024,
+            "the layered connection future is {size} bytes"
+        );
+    }
+}

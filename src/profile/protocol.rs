@@ -1,0 +1,423 @@
+//! The `protocol` field and its per-protocol options objects (`tls`, `websocket`, and the
+//! `mqtt` / `http2` slots), validated into typed options. Opens no files and no sockets: a CA
+//! file is only named here and read when the run builds its connector.
+//!
+//! Adding a protocol: a `Protocol` variant and its name, a `Raw*` struct with
+//! `deny_unknown_fields`, its field on `RawProtocolOptions`, and a branch in `validate`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Heartbeat, ProfileError, TargetSpec};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Tls,
+    WebSocket,
+    Mqtt,
+    Http2,
+}
+
+impl Protocol {
+    pub const NAMES: [&'static str; 5] = ["tcp", "tls", "websocket", "mqtt", "http2"];
+    /// The ones this build can run (a protocol joins when its client and sink side land).
+    pub const SUPPORTED: [&'static str; 3] = ["tcp", "tls", "websocket"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::WebSocket => "websocket",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Http2 => "http2",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Protocol> {
+        match text {
+            "tcp" => Some(Protocol::Tcp),
+            "tls" => Some(Protocol::Tls),
+            "websocket" => Some(Protocol::WebSocket),
+            "mqtt" => Some(Protocol::Mqtt),
+            "http2" => Some(Protocol::Http2),
+            _ => None,
+        }
+    }
+}
+
+/// TLS client settings, for `tls` and for `websocket` with `scheme: "wss"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsOptions {
+    /// SNI and the name the certificate must carry; `None` verifies the target's IP address
+    /// and sends no SNI (what a client dialling an IP does).
+    pub server_name: Option<String>,
+    /// Check the server's certificate chain and name. Off rehearses a fleet that pins nothing.
+    pub verify: bool,
+    /// PEM file of CA certificates to trust, read by each agent on its own host. The embedded
+    /// sink's self-signed certificate is trusted without one.
+    pub ca_file: Option<PathBuf>,
+    /// ALPN protocols offered, in order.
+    pub alpn: Vec<String>,
+    /// Resume sessions from a client cache shared by all connections of the process; off, every
+    /// handshake is a full one (a storm without resumption).
+    pub resumption: bool,
+}
+
+/// How a WebSocket connection proves it is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsHeartbeat {
+    /// A ping control frame of `payload_bytes`, answered by a pong.
+    Ping,
+    /// A text frame of `payload_bytes`, echoed back by the server.
+    Text,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebSocketOptions {
+    /// Over TLS (`wss`), with the profile's `tls` options.
+    pub secure: bool,
+    /// Request path, with its query if any; starts with `/`.
+    pub path: String,
+    /// Host header; `None` sends the target's IP:port.
+    pub host: Option<String>,
+    /// Extra request headers, e.g. an authorisation token.
+    pub headers: BTreeMap<String, String>,
+    /// Offered in `Sec-WebSocket-Protocol`; the server must accept it.
+    pub subprotocol: Option<String>,
+    pub heartbeat: WsHeartbeat,
+}
+
+/// Everything protocol-specific in a profile. `None` for protocols the profile does not use.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProtocolOptions {
+    pub tls: Option<TlsOptions>,
+    pub websocket: Option<WebSocketOptions>,
+}
+
+/// The per-protocol option objects as they appear at the top level of a profile (fields of
+/// `RawProfile`, which denies unknown fields, gathered here).
+#[derive(Debug, Default)]
+pub(super) struct RawProtocolOptions {
+    pub tls: Option<RawTls>,
+    pub websocket: Option<RawWebSocket>,
+    /// Reserved for MQTT; refused until it is supported.
+    pub mqtt: Option<Value>,
+    /// Reserved for HTTP/2; refused until it is supported.
+    pub http2: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    #[serde(default)]
+    server_name: Option<String>,
+    #[serde(default)]
+    verify: Option<bool>,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    #[serde(default)]
+    resumption: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebSocket {
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    subprotocol: Option<String>,
+    #[serde(default)]
+    heartbeat: Option<String>,
+}
+
+/// Largest WebSocket ping payload (RFC 6455: control frames carry at most 125 bytes).
+pub const MAX_PING_BYTES: u32 = 125;
+
+pub(super) fn validate(
+    protocol: Option<&str>,
+    raw: RawProtocolOptions,
+    target: &TargetSpec,
+    heartbeat: Option<&Heartbeat>,
+) -> Result<(Protocol, ProtocolOptions), ProfileError> {
+    let protocol = match protocol {
+        None => Protocol::Tcp,
+        Some(text) => Protocol::parse(text).ok_or_else(|| {
+            ProfileError::at(
+                "protocol",
+                format!(
+                    "{text:?} is not supported; valid protocols: {}",
+                    Protocol::SUPPORTED.join(", ")
+                ),
+            )
+        })?,
+    };
+    if matches!(protocol, Protocol::Mqtt | Protocol::Http2) {
+        return Err(ProfileError::at(
+            "protocol",
+            format!(
+                "{:?} is not supported by this build yet; use \"tcp\", \"tls\" or \"websocket\"",
+                protocol.name()
+            ),
+        ));
+    }
+    for (field, given) in [("mqtt", raw.mqtt.is_some()), ("http2", raw.http2.is_some())] {
+        if given {
+            return Err(ProfileError::at(
+                field,
+                format!("`{field}` options are not supported by this build yet; remove them"),
+            ));
+        }
+    }
+    let websocket = match raw.websocket {
+        Some(_) if protocol != Protocol::WebSocket => {
+            return Err(ProfileError::at(
+                "websocket",
+                format!(
+                    "given, but the protocol is {:?}; set \"protocol\": \"websocket\" or remove `websocket`",
+                    protocol.name()
+                ),
+            ));
+        }
+        Some(ws) => Some(validate_websocket(ws, heartbeat)?),
+        None if protocol == Protocol::WebSocket => Some(validate_websocket(
+            RawWebSocket {
+                scheme: None,
+                path: None,
+                host: None,
+                headers: BTreeMap::new(),
+                subprotocol: None,
+                heartbeat: None,
+            },
+            heartbeat,
+        )?),
+        None => None,
+    };
+    let needs_tls = protocol == Protocol::Tls || websocket.as_ref().is_some_and(|ws| ws.secure);
+    let tls = match raw.tls {
+        Some(_) if !needs_tls => {
+            return Err(ProfileError::at(
+                "tls",
+                format!(
+                    "given, but protocol {:?} does not use TLS; use \"protocol\": \"tls\", or \"websocket\" with \"scheme\": \"wss\"",
+                    protocol.name()
+                ),
+            ));
+        }
+        Some(tls) => Some(validate_tls(tls, target)?),
+        None if needs_tls => Some(validate_tls(
+            RawTls {
+                server_name: None,
+                verify: None,
+                ca_file: None,
+                alpn: Vec::new(),
+                resumption: None,
+            },
+            target,
+        )?),
+        None => None,
+    };
+    Ok((protocol, ProtocolOptions { tls, websocket }))
+}
+
+fn validate_tls(raw: RawTls, target: &TargetSpec) -> Result<TlsOptions, ProfileError> {
+    if let Some(name) = &raw.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        return Err(ProfileError::at(
+            "tls.server_name",
+            format!(
+                "{name:?} is not a DNS name or IP address; give the name the server's certificate carries"
+            ),
+        ));
+    }
+    let verify = raw.verify.unwrap_or(true);
+    if verify && raw.ca_file.is_none() && *target != TargetSpec::Embedded {
+        return Err(ProfileError::at(
+            "tls.ca_file",
+            "missing: with \"verify\": true a target other than the embedded sink needs a CA file to trust; give \"ca_file\": \"ca.pem\", or set \"verify\": false",
+        ));
+    }
+    if !verify && raw.ca_file.is_some() {
+        return Err(ProfileError::at(
+            "tls.ca_file",
+            "given with \"verify\": false, where nothing is checked; remove one of them",
+        ));
+    }
+    for (i, proto) in raw.alpn.iter().enumerate() {
+        if proto.is_empty() || proto.len() > 255 {
+            return Err(ProfileError::at(
+                format!("tls.alpn[{i}]"),
+                format!(
+                    "{proto:?} is not a valid ALPN protocol; expected 1 to 255 bytes such as \"h2\" or \"http/1.1\""
+                ),
+            ));
+        }
+    }
+    Ok(TlsOptions {
+        server_name: raw.server_name,
+        verify,
+        ca_file: raw.ca_file.map(PathBuf::from),
+        alpn: raw.alpn,
+        resumption: raw.resumption.unwrap_or(true),
+    })
+}
+
+fn validate_websocket(
+    raw: RawWebSocket,
+    heartbeat: Option<&Heartbeat>,
+) -> Result<WebSocketOptions, ProfileError> {
+    let secure = match raw.scheme.as_deref() {
+        None | Some("ws") => false,
+        Some("wss") => true,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "websocket.scheme",
+                format!("{other:?} is not valid; expected \"ws\" or \"wss\" (over TLS)"),
+            ));
+        }
+    };
+    let path = raw.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ProfileError::at(
+            "websocket.path",
+            format!(
+                "{path:?} is not a request path; expected one starting with / and without spaces, e.g. \"/push?v=2\""
+            ),
+        ));
+    }
+    for (name, value) in &raw.headers {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid_name {
+            return Err(ProfileError::at(
+                format!("websocket.headers.{name}"),
+                format!("{name:?} is not a valid header name; use letters, digits and -"),
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ProfileError::at(
+                format!("websocket.headers.{name}"),
+                format!("{value:?} contains a line break; give a single-line value"),
+            ));
+        }
+    }
+    let heartbeat_kind = match raw.heartbeat.as_deref() {
+        None | Some("ping") => WsHeartbeat::Ping,
+        Some("text") => WsHeartbeat::Text,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "websocket.heartbeat",
+                format!(
+                    "{other:?} is not valid; expected \"ping\" (ping/pong) or \"text\" (an echoed text frame)"
+                ),
+            ));
+        }
+    };
+    if heartbeat_kind == WsHeartbeat::Ping
+        && let Some(h) = heartbeat
+        && h.payload_bytes > MAX_PING_BYTES
+    {
+        return Err(ProfileError::at(
+            "heartbeat.payload_bytes",
+            format!(
+                "{} is too large for a WebSocket ping (at most {MAX_PING_BYTES}); lower it or set \"websocket\": {{\"heartbeat\": \"text\"}}",
+                h.payload_bytes
+            ),
+        ));
+    }
+    Ok(WebSocketOptions {
+        secure,
+        path,
+        host: raw.host,
+        headers: raw.headers,
+        subprotocol: raw.subprotocol,
+        heartbeat: heartbeat_kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::profile::{Profile, ProfileError};
+
+    fn profile(extra: &str) -> Result<Profile, ProfileError> {
+        Profile::from_json(
+            &format!(
+                r#"{{"name": "p", "target": "embedded", "connections": 1,
+                "heartbeat": {{"interval": "1s"}}, "phases": [{{"hold": {{"for": "1s"}}}}] {extra}}}"#
+            ),
+            &[],
+        )
+    }
+
+    fn error(extra: &str) -> ProfileError {
+        match profile(extra) {
+            Ok(_) => panic!("{extra} was accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn protocols_parse_with_their_defaults() {
+        let p = profile(r#", "protocol": "tls""#).unwrap();
+        let tls = p.protocol_options.tls.unwrap();
+        assert!(tls.verify && tls.resumption && tls.server_name.is_none());
+        let p = profile(r#", "protocol": "websocket", "websocket": {"scheme": "wss", "path": "/push?v=2", "headers": {"Authorization": "Bearer x"}}, "tls": {"verify": false}"#).unwrap();
+        let ws = p.protocol_options.websocket.unwrap();
+        assert!(ws.secure);
+        assert_eq!(ws.path, "/push?v=2");
+        assert!(!p.protocol_options.tls.unwrap().verify);
+        assert!(profile("").unwrap().protocol_options.tls.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field_the_value_and_the_fix() {
+        let e = error(r#", "protocol": "quic""#);
+        assert_eq!(e.path, "protocol");
+        assert!(
+            e.message.contains("\"quic\"") && e.message.contains("tls"),
+            "{e}"
+        );
+        let e = error(r#", "protocol": "mqtt""#);
+        assert!(e.message.contains("not supported by this build yet"), "{e}");
+        let e = error(r#", "tls": {"verify": false}"#);
+        assert_eq!(e.path, "tls");
+        assert!(e.message.contains("\"protocol\": \"tls\""), "{e}");
+        let e = error(r#", "protocol": "tls", "tls": {"sni": "x"}"#);
+        assert_eq!(e.path, "tls.sni");
+        let e = error(r#", "protocol": "websocket", "websocket": {"scheme": "http"}"#);
+        assert_eq!(e.path, "websocket.scheme");
+        let e = error(r#", "protocol": "websocket", "websocket": {"path": "push"}"#);
+        assert_eq!(e.path, "websocket.path");
+        let e = Profile::from_json(
+            r#"{"name": "p", "target": {"addrs": ["127.0.0.1:9"]}, "connections": 1,
+                "protocol": "tls", "phases": [{"hold": {"for": "1s"}}]}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "tls.ca_file");
+        assert!(e.message.contains("\"verify\": false"), "{e}");
+        let e = Profile::from_json(
+            r#"{"name": "p", "target": "embedded", "connections": 1, "protocol": "websocket",
+                "heartbeat": {"interval": "1s", "payload_bytes": 200},
+                "phases": [{"hold": {"for": "1s"}}]}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "heartbeat.payload_bytes");
+        assert!(e.message.contains("125"), "{e}");
+    }
+}

@@ -1,0 +1,236 @@
+//! Protocols above TCP, client and server side: what each one's handshake is, what its
+//! heartbeat is, and how its failures are classified.
+//!
+//! - `tls`: rustls configurations (client verify/CA/SNI/ALPN/resumption; server cert or a
+//!   self-signed one) and TLS alert classification.
+//! - `websocket`: the upgrade (path, headers, subprotocol), ping/pong or echoed-text
+//!   heartbeats, `ws` and `wss`.
+//!
+//! Plain TCP never comes here: its connections keep the hand-written futures of `agent::conn`.
+//! A protocol is one file that adds a `Connector` variant (client side, built once per run
+//! from the profile), a `Session` variant (an established connection) and an `Acceptor`
+//! variant (the sink's side). `agent::layered` drives sessions; this module records nothing.
+
+pub mod tls;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::metrics::{ErrorDetail, ErrorKind};
+use crate::profile::{Profile, Protocol};
+
+/// Why a handshake, heartbeat or held connection failed: a counted kind and, for protocol
+/// failures, what the peer said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub detail: Option<ErrorDetail>,
+}
+
+impl Failure {
+    pub fn kind(kind: ErrorKind) -> Failure {
+        Failure { kind, detail: None }
+    }
+
+    pub fn io(error: &std::io::Error) -> Failure {
+        Failure::kind(ErrorKind::from_io(error))
+    }
+}
+
+/// The client side of a run's protocol, built once from the profile and shared by every
+/// connection of every worker.
+pub enum Connector {
+    Tcp,
+    Tls(tls::Client),
+    WebSocket(websocket::Client),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::Tcp => "Connector::Tcp",
+            Connector::Tls(_) => "Connector::Tls",
+            Connector::WebSocket(_) => "Connector::WebSocket",
+        })
+    }
+}
+
+impl Connector {
+    /// Builds the connector for `profile`, trusting `extra_roots` besides its CA file (the
+    /// embedded sink's certificate). Errors name the profile field at fault.
+    pub fn new(
+        profile: &Profile,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Connector, String> {
+        let options = &profile.protocol_options;
+        let tls = options
+            .tls
+            .as_ref()
+            .map(|t| tls::Client::new(t, extra_roots))
+            .transpose()?;
+        Ok(match (profile.protocol, tls) {
+            (Protocol::Tcp, _) => Connector::Tcp,
+            (Protocol::Tls, Some(tls)) => Connector::Tls(tls),
+            (Protocol::WebSocket, tls) => match &options.websocket {
+                Some(ws) => Connector::WebSocket(websocket::Client::new(ws, tls)),
+                None => return Err("websocket: options missing".into()),
+            },
+            (other, _) => {
+                return Err(format!(
+                    "protocol {:?} has no client in this build",
+                    other.name()
+                ));
+            }
+        })
+    }
+
+    /// Runs the protocol's handshake on an established TCP connection to `target`.
+    pub async fn handshake(&self, tcp: TcpStream, target: SocketAddr) -> Result<Session, Failure> {
+        match self {
+            Connector::Tcp => Err(Failure::kind(ErrorKind::Other)),
+            Connector::Tls(client) => client.handshake(tcp, target).await.map(Session::Tls),
+            Connector::WebSocket(client) => client.handshake(tcp, target).await.map(Session::Ws),
+        }
+    }
+}
+
+/// An established connection of a protocol above TCP.
+pub enum Session {
+    Tls(Box<tls::ClientStream>),
+    Ws(websocket::Session),
+}
+
+impl Session {
+    /// Sends one heartbeat and waits for its answer (the caller bounds the wait).
+    pub async fn heartbeat(&mut self, payload: &[u8]) -> Result<(), Failure> {
+        match self {
+            Session::Tls(stream) => tls::echo(stream, payload).await,
+            Session::Ws(session) => session.heartbeat(payload).await,
+        }
+    }
+
+    /// Waits until the peer closes or breaks the connection, discarding what arrives.
+    /// Cancel-safe: dropped between heartbeats without losing anything that matters.
+    pub async fn closed(&mut self) -> Failure {
+        match self {
+            Session::Tls(stream) => tls::closed(stream).await,
+            Session::Ws(session) => session.closed().await,
+        }
+    }
+}
+
+/// The sink's side of a protocol: what it runs on each accepted connection.
+#[derive(Clone)]
+pub enum Acceptor {
+    Tcp,
+    Tls(Arc<rustls::ServerConfig>),
+    WebSocket(Arc<websocket::Server>),
+}
+
+impl Acceptor {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Acceptor::Tcp => "tcp",
+            Acceptor::Tls(_) => "tls",
+            Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
+            Acceptor::WebSocket(_) => "ws",
+        }
+    }
+
+    /// Handshakes and then echoes until the client goes away or the task is aborted,
+    /// counting echoed bytes and TLS handshakes in `stats`.
+    pub async fn serve(&self, tcp: TcpStream, stats: &crate::sink::SinkStats) {
+        let _ = tcp.set_nodelay(true);
+        match self {
+            // The sink keeps its own lean path for plain TCP.
+            Acceptor::Tcp => {}
+            Acceptor::Tls(config) => {
+                // Handshakes are boxed so their state is freed, not kept in every held task.
+                if let Some(stream) = Box::pin(tls::accept(config.clone(), tcp, stats)).await {
+                    tls::serve(stream, &stats.bytes).await;
+                }
+            }
+            Acceptor::WebSocket(server) => server.serve(tcp, stats).await,
+        }
+    }
+}
+
+/// The sink's protocol settings as `stampede sink` flags or the embedded target give them.
+#[derive(Clone, Debug, Default)]
+pub struct SinkProtocol {
+    /// `tcp`, `tls`, `ws` or `wss`.
+    pub name: String,
+    /// PEM certificate chain and key; both `None` generates a self-signed certificate.
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    /// WebSocket: upgrade only this path (others get 404); `None` accepts any.
+    pub ws_path: Option<String>,
+}
+
+/// Names `stampede sink --protocol` accepts.
+pub const SINK_PROTOCOLS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+
+impl SinkProtocol {
+    /// What the embedded sink must speak for `profile`.
+    pub fn for_profile(profile: &Profile) -> SinkProtocol {
+        let name = match profile.protocol {
+            Protocol::Tls => "tls",
+            Protocol::WebSocket
+                if profile
+                    .protocol_options
+                    .websocket
+                    .as_ref()
+                    .is_some_and(|w| w.secure) =>
+            {
+                "wss"
+            }
+            Protocol::WebSocket => "ws",
+            _ => "tcp",
+        };
+        SinkProtocol {
+            name: name.into(),
+            ..SinkProtocol::default()
+        }
+    }
+
+    /// Builds the acceptor; the certificate it serves (to trust on the client side) comes
+    /// back too when TLS is involved.
+    pub fn acceptor(
+        &self,
+    ) -> Result<(Acceptor, Option<rustls::pki_types::CertificateDer<'static>>), String> {
+        let tls = || tls::server_config(self.cert.as_deref(), self.key.as_deref());
+        Ok(match self.name.as_str() {
+            "tcp" => (Acceptor::Tcp, None),
+            "tls" => {
+                let (config, cert) = tls()?;
+                (Acceptor::Tls(config), Some(cert))
+            }
+            "ws" => (
+                Acceptor::WebSocket(Arc::new(websocket::Server {
+                    tls: None,
+                    path: self.ws_path.clone(),
+                })),
+                None,
+            ),
+            "wss" => {
+                let (config, cert) = tls()?;
+                (
+                    Acceptor::WebSocket(Arc::new(websocket::Server {
+                        tls: Some(config),
+                        path: self.ws_path.clone(),
+                    })),
+                    Some(cert),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "--protocol {other:?} is not valid; expected one of {}",
+                    SINK_PROTOCOLS.join(", ")
+                ));
+            }
+        })
+    }
+}
