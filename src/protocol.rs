@@ -11,6 +11,7 @@
 //! from the profile), a `Session` variant (an established connection) and an `Acceptor`
 //! variant (the sink's side). `agent::layered` drives sessions; this module records nothing.
 
+pub mod mqtt;
 pub mod tls;
 pub mod websocket;
 
@@ -46,6 +47,7 @@ pub enum Connector {
     Tcp,
     Tls(tls::Client),
     WebSocket(websocket::Client),
+    Mqtt(mqtt::Client),
 }
 
 impl std::fmt::Debug for Connector {
@@ -54,6 +56,7 @@ impl std::fmt::Debug for Connector {
             Connector::Tcp => "Connector::Tcp",
             Connector::Tls(_) => "Connector::Tls",
             Connector::WebSocket(_) => "Connector::WebSocket",
+            Connector::Mqtt(_) => "Connector::Mqtt",
         })
     }
 }
@@ -78,6 +81,10 @@ impl Connector {
                 Some(ws) => Connector::WebSocket(websocket::Client::new(ws, tls)),
                 None => return Err("websocket: options missing".into()),
             },
+            (Protocol::Mqtt, _) => match &options.mqtt {
+                Some(mqtt) => Connector::Mqtt(mqtt::Client::new(mqtt)),
+                None => return Err("mqtt: options missing".into()),
+            },
             (other, _) => {
                 return Err(format!(
                     "protocol {:?} has no client in this build",
@@ -87,12 +94,27 @@ impl Connector {
         })
     }
 
-    /// Runs the protocol's handshake on an established TCP connection to `target`.
-    pub async fn handshake(&self, tcp: TcpStream, target: SocketAddr) -> Result<Session, Failure> {
+    /// Sets this process's agent index in the swarm, for identities that must be unique
+    /// across it (MQTT client ids).
+    pub fn set_agent(&mut self, agent: usize) {
+        if let Connector::Mqtt(client) = self {
+            client.set_agent(agent);
+        }
+    }
+
+    /// Runs the protocol's handshake on an established TCP connection to `target` for
+    /// connection slot `slot` (unique within the agent).
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        target: SocketAddr,
+        slot: u64,
+    ) -> Result<Session, Failure> {
         match self {
             Connector::Tcp => Err(Failure::kind(ErrorKind::Other)),
             Connector::Tls(client) => client.handshake(tcp, target).await.map(Session::Tls),
             Connector::WebSocket(client) => client.handshake(tcp, target).await.map(Session::Ws),
+            Connector::Mqtt(client) => client.handshake(tcp, slot).await.map(Session::Mqtt),
         }
     }
 }
@@ -101,6 +123,7 @@ impl Connector {
 pub enum Session {
     Tls(Box<tls::ClientStream>),
     Ws(websocket::Session),
+    Mqtt(mqtt::Session),
 }
 
 impl Session {
@@ -109,6 +132,7 @@ impl Session {
         match self {
             Session::Tls(stream) => tls::echo(stream, payload).await,
             Session::Ws(session) => session.heartbeat(payload).await,
+            Session::Mqtt(session) => session.heartbeat().await,
         }
     }
 
@@ -118,6 +142,7 @@ impl Session {
         match self {
             Session::Tls(stream) => tls::closed(stream).await,
             Session::Ws(session) => session.closed().await,
+            Session::Mqtt(session) => session.closed().await,
         }
     }
 }
@@ -128,6 +153,7 @@ pub enum Acceptor {
     Tcp,
     Tls(Arc<rustls::ServerConfig>),
     WebSocket(Arc<websocket::Server>),
+    Mqtt,
 }
 
 impl Acceptor {
@@ -137,6 +163,7 @@ impl Acceptor {
             Acceptor::Tls(_) => "tls",
             Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
             Acceptor::WebSocket(_) => "ws",
+            Acceptor::Mqtt => "mqtt",
         }
     }
 
@@ -149,6 +176,7 @@ impl Acceptor {
             Acceptor::Tcp => {}
             Acceptor::Tls(config) => tls::serve(config.clone(), tcp, bytes).await,
             Acceptor::WebSocket(server) => server.serve(tcp, bytes).await,
+            Acceptor::Mqtt => mqtt::serve(tcp, bytes).await,
         }
     }
 }
@@ -156,7 +184,7 @@ impl Acceptor {
 /// The sink's protocol settings as `stampede sink` flags or the embedded target give them.
 #[derive(Clone, Debug, Default)]
 pub struct SinkProtocol {
-    /// `tcp`, `tls`, `ws` or `wss`.
+    /// One of `SINK_PROTOCOLS`.
     pub name: String,
     /// PEM certificate chain and key; both `None` generates a self-signed certificate.
     pub cert: Option<std::path::PathBuf>,
@@ -166,7 +194,7 @@ pub struct SinkProtocol {
 }
 
 /// Names `stampede sink --protocol` accepts.
-pub const SINK_PROTOCOLS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+pub const SINK_PROTOCOLS: [&str; 5] = ["tcp", "tls", "ws", "wss", "mqtt"];
 
 impl SinkProtocol {
     /// What the embedded sink must speak for `profile`.
@@ -183,6 +211,7 @@ impl SinkProtocol {
                 "wss"
             }
             Protocol::WebSocket => "ws",
+            Protocol::Mqtt => "mqtt",
             _ => "tcp",
         };
         SinkProtocol {
@@ -199,6 +228,7 @@ impl SinkProtocol {
         let tls = || tls::server_config(self.cert.as_deref(), self.key.as_deref());
         Ok(match self.name.as_str() {
             "tcp" => (Acceptor::Tcp, None),
+            "mqtt" => (Acceptor::Mqtt, None),
             "tls" => {
                 let (config, cert) = tls()?;
                 (Acceptor::Tls(config), Some(cert))

@@ -98,7 +98,7 @@ async fn establish(
             .record(Latency::ConnectService, micros(service));
     }
     let fd = stream.as_raw_fd();
-    let handshake = shard.plan.connector.handshake(stream, target_addr);
+    let handshake = shard.plan.connector.handshake(stream, target_addr, slot);
     let session = match timeout_at(tcp_done + connect_timeout, handshake).await {
         Ok(Ok(session)) => session,
         Ok(Err(failure)) => {
