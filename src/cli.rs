@@ -255,8 +255,8 @@ pub struct SinkArgs {
     /// Close held connections, oldest first, at N per second for as long as any are held.
     #[arg(long, value_name = "N", value_parser = parse_close_rate, allow_negative_numbers = true)]
     pub close_rate: Option<f64>,
-    /// Protocol to speak: tcp, tls, ws (WebSocket), wss (WebSocket over TLS) or mqtt (a
-    /// minimal broker: CONNACK, PINGRESP, SUBACK).
+    /// Protocol to speak: tcp, tls, ws (WebSocket), wss (WebSocket over TLS), mqtt (a
+    /// minimal broker: CONNACK, PINGRESP, SUBACK) or h2 (HTTP/2 cleartext, prior knowledge).
     #[arg(long, value_name = "NAME", default_value = "tcp")]
     pub protocol: String,
     /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.

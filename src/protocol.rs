@@ -11,6 +11,7 @@
 //! from the profile), a `Session` variant (an established connection) and an `Acceptor`
 //! variant (the sink's side). `agent::layered` drives sessions; this module records nothing.
 
+pub mod http2;
 pub mod mqtt;
 pub mod tls;
 pub mod websocket;
@@ -48,6 +49,7 @@ pub enum Connector {
     Tls(tls::Client),
     WebSocket(websocket::Client),
     Mqtt(mqtt::Client),
+    Http2(http2::Client),
 }
 
 impl std::fmt::Debug for Connector {
@@ -57,6 +59,7 @@ impl std::fmt::Debug for Connector {
             Connector::Tls(_) => "Connector::Tls",
             Connector::WebSocket(_) => "Connector::WebSocket",
             Connector::Mqtt(_) => "Connector::Mqtt",
+            Connector::Http2(_) => "Connector::Http2",
         })
     }
 }
@@ -84,6 +87,10 @@ impl Connector {
             (Protocol::Mqtt, _) => match &options.mqtt {
                 Some(mqtt) => Connector::Mqtt(mqtt::Client::new(mqtt)),
                 None => return Err("mqtt: options missing".into()),
+            },
+            (Protocol::Http2, _) => match &options.http2 {
+                Some(h2) => Connector::Http2(http2::Client::new(h2)),
+                None => return Err("http2: options missing".into()),
             },
             (other, _) => {
                 return Err(format!(
@@ -115,6 +122,10 @@ impl Connector {
             Connector::Tls(client) => client.handshake(tcp, target).await.map(Session::Tls),
             Connector::WebSocket(client) => client.handshake(tcp, target).await.map(Session::Ws),
             Connector::Mqtt(client) => client.handshake(tcp, slot).await.map(Session::Mqtt),
+            Connector::Http2(client) => client
+                .handshake(tcp, target)
+                .await
+                .map(|s| Session::H2(Box::new(s))),
         }
     }
 }
@@ -124,6 +135,7 @@ pub enum Session {
     Tls(Box<tls::ClientStream>),
     Ws(websocket::Session),
     Mqtt(mqtt::Session),
+    H2(Box<http2::Session>),
 }
 
 impl Session {
@@ -133,6 +145,7 @@ impl Session {
             Session::Tls(stream) => tls::echo(stream, payload).await,
             Session::Ws(session) => session.heartbeat(payload).await,
             Session::Mqtt(session) => session.heartbeat().await,
+            Session::H2(session) => session.heartbeat().await,
         }
     }
 
@@ -143,6 +156,7 @@ impl Session {
             Session::Tls(stream) => tls::closed(stream).await,
             Session::Ws(session) => session.closed().await,
             Session::Mqtt(session) => session.closed().await,
+            Session::H2(session) => session.closed().await,
         }
     }
 }
@@ -154,6 +168,7 @@ pub enum Acceptor {
     Tls(Arc<rustls::ServerConfig>),
     WebSocket(Arc<websocket::Server>),
     Mqtt,
+    Http2,
 }
 
 impl Acceptor {
@@ -164,6 +179,7 @@ impl Acceptor {
             Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
             Acceptor::WebSocket(_) => "ws",
             Acceptor::Mqtt => "mqtt",
+            Acceptor::Http2 => "h2",
         }
     }
 
@@ -177,6 +193,7 @@ impl Acceptor {
             Acceptor::Tls(config) => tls::serve(config.clone(), tcp, bytes).await,
             Acceptor::WebSocket(server) => server.serve(tcp, bytes).await,
             Acceptor::Mqtt => mqtt::serve(tcp, bytes).await,
+            Acceptor::Http2 => http2::serve(tcp, bytes).await,
         }
     }
 }
@@ -194,7 +211,7 @@ pub struct SinkProtocol {
 }
 
 /// Names `stampede sink --protocol` accepts.
-pub const SINK_PROTOCOLS: [&str; 5] = ["tcp", "tls", "ws", "wss", "mqtt"];
+pub const SINK_PROTOCOLS: [&str; 6] = ["tcp", "tls", "ws", "wss", "mqtt", "h2"];
 
 impl SinkProtocol {
     /// What the embedded sink must speak for `profile`.
@@ -212,6 +229,7 @@ impl SinkProtocol {
             }
             Protocol::WebSocket => "ws",
             Protocol::Mqtt => "mqtt",
+            Protocol::Http2 => "h2",
             _ => "tcp",
         };
         SinkProtocol {
@@ -229,6 +247,7 @@ impl SinkProtocol {
         Ok(match self.name.as_str() {
             "tcp" => (Acceptor::Tcp, None),
             "mqtt" => (Acceptor::Mqtt, None),
+            "h2" => (Acceptor::Http2, None),
             "tls" => {
                 let (config, cert) = tls()?;
                 (Acceptor::Tls(config), Some(cert))

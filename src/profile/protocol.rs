@@ -701,4 +701,42 @@ mod tests {
         assert_eq!(e.path, "mqtt.keep_alive_s");
         assert!(e.message.contains("at least 10"), "{e}");
     }
+
+    #[test]
+    fn http2_options_parse_and_refuse_with_the_fix() {
+        let p = profile(r#", "protocol": "http2""#).unwrap();
+        assert_eq!(p.protocol_options.http2.unwrap().path, "/");
+        let p = profile(
+            r#", "protocol": "http2", "http2": {"path": "/push?v=1", "authority": "push.example:443", "headers": {"authorization": "Bearer x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.protocol_options.http2.unwrap().headers.len(), 1);
+        for (extra, path, says) in [
+            (r#", "http2": {}"#, "http2", "\"protocol\": \"http2\""),
+            (
+                r#", "protocol": "http2", "http2": {"path": "push"}"#,
+                "http2.path",
+                "\"push\"",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"authority": "a b"}"#,
+                "http2.authority",
+                "\"a b\"",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"headers": {"Authorization": "x"}}"#,
+                "http2.headers.Authorization",
+                "lower-case",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"headers": {"x-a": "a\nb"}}"#,
+                "http2.headers.x-a",
+                "one line",
+            ),
+        ] {
+            let e = error(extra);
+            assert_eq!(e.path, path, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+    }
 }
