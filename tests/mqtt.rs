@@ -212,4 +212,8 @@ async fn a_storm_kicks_every_client_and_all_come_back_through_a_fresh_connect() 
         "{:?}",
         storm.recovery_100_s
     );
+    eprintln!(
+        "mqtt storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
+        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
+    );
 }
