@@ -266,7 +266,8 @@ pub struct SinkArgs {
     /// limit; this process supervises them and prints their totals.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
-    /// Protocol to speak: tcp, tls, ws (WebSocket) or wss (WebSocket over TLS).
+    /// Protocol to speak: tcp, tls, ws (WebSocket), wss (WebSocket over TLS), mqtt (a
+    /// minimal broker: CONNACK, PINGRESP, SUBACK) or h2 (HTTP/2 cleartext, prior knowledge).
     #[arg(long, value_name = "NAME", default_value = "tcp")]
     pub protocol: String,
     /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.

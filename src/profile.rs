@@ -257,9 +257,9 @@ struct RawProfile {
     #[serde(default)]
     websocket: Option<protocol::RawWebSocket>,
     #[serde(default)]
-    mqtt: Option<Value>,
+    mqtt: Option<protocol::RawMqtt>,
     #[serde(default)]
-    http2: Option<Value>,
+    http2: Option<protocol::RawHttp2>,
     connections: u64,
     #[serde(default)]
     sources: Option<RawSources>,

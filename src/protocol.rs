@@ -11,6 +11,8 @@
 //! from the profile), a `Session` variant (an established connection) and an `Acceptor`
 //! variant (the sink's side). `agent::layered` drives sessions; this module records nothing.
 
+pub mod http2;
+pub mod mqtt;
 pub mod tls;
 pub mod websocket;
 
@@ -46,6 +48,8 @@ pub enum Connector {
     Tcp,
     Tls(tls::Client),
     WebSocket(websocket::Client),
+    Mqtt(mqtt::Client),
+    Http2(http2::Client),
 }
 
 impl std::fmt::Debug for Connector {
@@ -54,6 +58,8 @@ impl std::fmt::Debug for Connector {
             Connector::Tcp => "Connector::Tcp",
             Connector::Tls(_) => "Connector::Tls",
             Connector::WebSocket(_) => "Connector::WebSocket",
+            Connector::Mqtt(_) => "Connector::Mqtt",
+            Connector::Http2(_) => "Connector::Http2",
         })
     }
 }
@@ -78,6 +84,14 @@ impl Connector {
                 Some(ws) => Connector::WebSocket(websocket::Client::new(ws, tls)),
                 None => return Err("websocket: options missing".into()),
             },
+            (Protocol::Mqtt, _) => match &options.mqtt {
+                Some(mqtt) => Connector::Mqtt(mqtt::Client::new(mqtt)),
+                None => return Err("mqtt: options missing".into()),
+            },
+            (Protocol::Http2, _) => match &options.http2 {
+                Some(h2) => Connector::Http2(http2::Client::new(h2)),
+                None => return Err("http2: options missing".into()),
+            },
             (other, _) => {
                 return Err(format!(
                     "protocol {:?} has no client in this build",
@@ -87,12 +101,31 @@ impl Connector {
         })
     }
 
-    /// Runs the protocol's handshake on an established TCP connection to `target`.
-    pub async fn handshake(&self, tcp: TcpStream, target: SocketAddr) -> Result<Session, Failure> {
+    /// Sets this process's agent index in the swarm, for identities that must be unique
+    /// across it (MQTT client ids).
+    pub fn set_agent(&mut self, agent: usize) {
+        if let Connector::Mqtt(client) = self {
+            client.set_agent(agent);
+        }
+    }
+
+    /// Runs the protocol's handshake on an established TCP connection to `target` for
+    /// connection slot `slot` (unique within the agent).
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        target: SocketAddr,
+        slot: u64,
+    ) -> Result<Session, Failure> {
         match self {
             Connector::Tcp => Err(Failure::kind(ErrorKind::Other)),
             Connector::Tls(client) => client.handshake(tcp, target).await.map(Session::Tls),
             Connector::WebSocket(client) => client.handshake(tcp, target).await.map(Session::Ws),
+            Connector::Mqtt(client) => client.handshake(tcp, slot).await.map(Session::Mqtt),
+            Connector::Http2(client) => client
+                .handshake(tcp, target)
+                .await
+                .map(|s| Session::H2(Box::new(s))),
         }
     }
 }
@@ -101,6 +134,8 @@ impl Connector {
 pub enum Session {
     Tls(Box<tls::ClientStream>),
     Ws(websocket::Session),
+    Mqtt(mqtt::Session),
+    H2(Box<http2::Session>),
 }
 
 impl Session {
@@ -109,6 +144,8 @@ impl Session {
         match self {
             Session::Tls(stream) => tls::echo(stream, payload).await,
             Session::Ws(session) => session.heartbeat(payload).await,
+            Session::Mqtt(session) => session.heartbeat().await,
+            Session::H2(session) => session.heartbeat().await,
         }
     }
 
@@ -118,6 +155,8 @@ impl Session {
         match self {
             Session::Tls(stream) => tls::closed(stream).await,
             Session::Ws(session) => session.closed().await,
+            Session::Mqtt(session) => session.closed().await,
+            Session::H2(session) => session.closed().await,
         }
     }
 }
@@ -128,6 +167,8 @@ pub enum Acceptor {
     Tcp,
     Tls(Arc<rustls::ServerConfig>),
     WebSocket(Arc<websocket::Server>),
+    Mqtt,
+    Http2,
 }
 
 impl Acceptor {
@@ -137,6 +178,8 @@ impl Acceptor {
             Acceptor::Tls(_) => "tls",
             Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
             Acceptor::WebSocket(_) => "ws",
+            Acceptor::Mqtt => "mqtt",
+            Acceptor::Http2 => "h2",
         }
     }
 
@@ -154,6 +197,8 @@ impl Acceptor {
                 }
             }
             Acceptor::WebSocket(server) => server.serve(tcp, stats).await,
+            Acceptor::Mqtt => mqtt::serve(tcp, &stats.bytes).await,
+            Acceptor::Http2 => http2::serve(tcp, &stats.bytes).await,
         }
     }
 }
@@ -161,7 +206,7 @@ impl Acceptor {
 /// The sink's protocol settings as `stampede sink` flags or the embedded target give them.
 #[derive(Clone, Debug, Default)]
 pub struct SinkProtocol {
-    /// `tcp`, `tls`, `ws` or `wss`.
+    /// One of `SINK_PROTOCOLS`.
     pub name: String,
     /// PEM certificate chain and key; both `None` generates a self-signed certificate.
     pub cert: Option<std::path::PathBuf>,
@@ -171,7 +216,7 @@ pub struct SinkProtocol {
 }
 
 /// Names `stampede sink --protocol` accepts.
-pub const SINK_PROTOCOLS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+pub const SINK_PROTOCOLS: [&str; 6] = ["tcp", "tls", "ws", "wss", "mqtt", "h2"];
 
 impl SinkProtocol {
     /// What the embedded sink must speak for `profile`.
@@ -188,6 +233,8 @@ impl SinkProtocol {
                 "wss"
             }
             Protocol::WebSocket => "ws",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Http2 => "h2",
             _ => "tcp",
         };
         SinkProtocol {
@@ -204,6 +251,8 @@ impl SinkProtocol {
         let tls = || tls::server_config(self.cert.as_deref(), self.key.as_deref());
         Ok(match self.name.as_str() {
             "tcp" => (Acceptor::Tcp, None),
+            "mqtt" => (Acceptor::Mqtt, None),
+            "h2" => (Acceptor::Http2, None),
             "tls" => {
                 let (config, cert) = tls()?;
                 (Acceptor::Tls(config), Some(cert))

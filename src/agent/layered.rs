@@ -100,7 +100,7 @@ async fn establish(
     let fd = stream.as_raw_fd();
     // Boxed: the handshake's state is kilobytes, and inline it would size every connection's
     // task for its whole life; boxed, it is freed once the handshake is done.
-    let handshake = Box::pin(shard.plan.connector.handshake(stream, target_addr));
+    let handshake = Box::pin(shard.plan.connector.handshake(stream, target_addr, slot));
     let session = match timeout_at(tcp_done + connect_timeout, handshake).await {
         Ok(Ok(session)) => session,
         Ok(Err(failure)) => {

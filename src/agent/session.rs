@@ -434,7 +434,10 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     let spans = timeline::spans(&profile);
     let workers = checked.workers;
     let connector = match crate::protocol::Connector::new(&profile, &[]) {
-        Ok(connector) => connector,
+        Ok(mut connector) => {
+            connector.set_agent(plan.agent_index);
+            connector
+        }
         Err(reason) => {
             let reason = format!("agent {}: {reason}", options.name);
             return Err(refuse_plan(&mut stream, reason).await);

@@ -91,11 +91,48 @@ pub struct WebSocketOptions {
     pub heartbeat: WsHeartbeat,
 }
 
+/// The MQTT protocol level a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MqttOptions {
+    pub version: MqttVersion,
+    /// Client ids are `{prefix}-{agent}-{slot}`: unique across the whole swarm.
+    pub client_id_prefix: String,
+    /// Clean session (3.1.1) / clean start (5).
+    pub clean_session: bool,
+    /// The CONNECT keep-alive in seconds; 0 disables the broker's idle check.
+    pub keep_alive_s: u16,
+    /// Subscribe (QoS 0) to `{topic_prefix}/{client id}` right after CONNACK.
+    pub subscribe: bool,
+    pub topic_prefix: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Http2Options {
+    /// Path of the one long-lived streaming request per connection.
+    pub path: String,
+    /// `:authority`; `None` sends the target's IP:port.
+    pub authority: Option<String>,
+    /// Extra request headers (lower-case names, as HTTP/2 requires).
+    pub headers: BTreeMap<String, String>,
+}
+
 /// Everything protocol-specific in a profile. `None` for protocols the profile does not use.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProtocolOptions {
     pub tls: Option<TlsOptions>,
     pub websocket: Option<WebSocketOptions>,
+    pub mqtt: Option<MqttOptions>,
+    pub http2: Option<Http2Options>,
 }
 
 /// The per-protocol option objects as they appear at the top level of a profile (fields of
@@ -104,10 +141,40 @@ pub struct ProtocolOptions {
 pub(super) struct RawProtocolOptions {
     pub tls: Option<RawTls>,
     pub websocket: Option<RawWebSocket>,
-    /// Reserved for MQTT; refused until it is supported.
-    pub mqtt: Option<Value>,
-    /// Reserved for HTTP/2; refused until it is supported.
-    pub http2: Option<Value>,
+    pub mqtt: Option<RawMqtt>,
+    pub http2: Option<RawHttp2>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMqtt {
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    client_id_prefix: Option<String>,
+    #[serde(default)]
+    clean_session: Option<bool>,
+    #[serde(default)]
+    keep_alive_s: Option<u64>,
+    #[serde(default)]
+    subscribe: Option<bool>,
+    #[serde(default)]
+    topic_prefix: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp2 {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,23 +230,28 @@ pub(super) fn validate(
             )
         })?,
     };
-    if matches!(protocol, Protocol::Mqtt | Protocol::Http2) {
-        return Err(ProfileError::at(
-            "protocol",
-            format!(
-                "{:?} is not supported by this build yet; use \"tcp\", \"tls\" or \"websocket\"",
-                protocol.name()
-            ),
-        ));
-    }
-    for (field, given) in [("mqtt", raw.mqtt.is_some()), ("http2", raw.http2.is_some())] {
-        if given {
+    for (field, given, wanted) in [
+        ("mqtt", raw.mqtt.is_some(), Protocol::Mqtt),
+        ("http2", raw.http2.is_some(), Protocol::Http2),
+    ] {
+        if given && protocol != wanted {
             return Err(ProfileError::at(
                 field,
-                format!("`{field}` options are not supported by this build yet; remove them"),
+                format!(
+                    "given, but the protocol is {:?}; set \"protocol\": \"{field}\" or remove `{field}`",
+                    protocol.name()
+                ),
             ));
         }
     }
+    let mqtt = match (protocol, raw.mqtt) {
+        (Protocol::Mqtt, raw) => Some(validate_mqtt(raw.unwrap_or_default(), heartbeat)?),
+        _ => None,
+    };
+    let http2 = match (protocol, raw.http2) {
+        (Protocol::Http2, raw) => Some(validate_http2(raw.unwrap_or_default())?),
+        _ => None,
+    };
     let websocket = match raw.websocket {
         Some(_) if protocol != Protocol::WebSocket => {
             return Err(ProfileError::at(
@@ -228,7 +300,152 @@ pub(super) fn validate(
         )?),
         None => None,
     };
-    Ok((protocol, ProtocolOptions { tls, websocket }))
+    Ok((
+        protocol,
+        ProtocolOptions {
+            tls,
+            websocket,
+            mqtt,
+            http2,
+        },
+    ))
+}
+
+/// MQTT 3.1.1 limits a client id to 23 bytes only as a floor brokers must accept; real brokers
+/// take far longer ones, but a prefix beyond this leaves no room for the agent and slot.
+const MAX_CLIENT_ID_PREFIX: usize = 64;
+
+fn validate_mqtt(raw: RawMqtt, heartbeat: Option<&Heartbeat>) -> Result<MqttOptions, ProfileError> {
+    let version = match &raw.version {
+        None => MqttVersion::V311,
+        Some(Value::String(v)) if v == "3.1.1" => MqttVersion::V311,
+        Some(Value::String(v)) if v == "5" => MqttVersion::V5,
+        Some(Value::Number(n)) if n.as_u64() == Some(5) => MqttVersion::V5,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "mqtt.version",
+                format!("{other} is not valid; expected \"3.1.1\" or \"5\""),
+            ));
+        }
+    };
+    let prefix = raw.client_id_prefix.unwrap_or_else(|| "stampede".into());
+    if prefix.is_empty()
+        || prefix.len() > MAX_CLIENT_ID_PREFIX
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ProfileError::at(
+            "mqtt.client_id_prefix",
+            format!(
+                "{prefix:?} is not valid; use 1 to {MAX_CLIENT_ID_PREFIX} letters, digits, - or _ (ids become PREFIX-AGENT-SLOT)"
+            ),
+        ));
+    }
+    if raw.topic_prefix.is_some() && raw.subscribe != Some(true) {
+        return Err(ProfileError::at(
+            "mqtt.topic_prefix",
+            "given, but nothing subscribes; add \"subscribe\": true or remove \"topic_prefix\"",
+        ));
+    }
+    let topic_prefix = raw.topic_prefix.unwrap_or_else(|| "stampede".into());
+    if topic_prefix.is_empty()
+        || topic_prefix.contains(['+', '#', '\0'])
+        || topic_prefix.len() > 1024
+    {
+        return Err(ProfileError::at(
+            "mqtt.topic_prefix",
+            format!(
+                "{topic_prefix:?} is not valid; give a topic without wildcards (+, #), e.g. \"devices\" (each client subscribes to PREFIX/CLIENT_ID)"
+            ),
+        ));
+    }
+    // The heartbeat sends PINGREQ every interval; a broker drops a client silent for 1.5 x
+    // keep-alive, so the default leaves room for two missed beats.
+    let default_keep_alive =
+        heartbeat.map_or(0, |h| (h.interval.as_secs_f64() * 2.0).ceil() as u64);
+    let keep_alive_s = raw.keep_alive_s.unwrap_or(default_keep_alive.max(1));
+    if keep_alive_s > u64::from(u16::MAX) {
+        return Err(ProfileError::at(
+            "mqtt.keep_alive_s",
+            format!(
+                "{keep_alive_s} is too large; MQTT allows at most {} seconds",
+                u16::MAX
+            ),
+        ));
+    }
+    if let Some(h) = heartbeat
+        && keep_alive_s > 0
+        && (keep_alive_s as f64) * 1.5 <= h.interval.as_secs_f64()
+    {
+        return Err(ProfileError::at(
+            "mqtt.keep_alive_s",
+            format!(
+                "{keep_alive_s} s is shorter than the heartbeat interval ({:?}) allows: the broker would drop every client before its PINGREQ; raise it to at least {} or remove it",
+                h.interval,
+                h.interval.as_secs_f64().ceil() as u64
+            ),
+        ));
+    }
+    if raw.password.is_some() && raw.username.is_none() {
+        return Err(ProfileError::at(
+            "mqtt.password",
+            "given without a username; add \"username\" or remove \"password\"",
+        ));
+    }
+    Ok(MqttOptions {
+        version,
+        client_id_prefix: prefix,
+        clean_session: raw.clean_session.unwrap_or(true),
+        keep_alive_s: keep_alive_s as u16,
+        subscribe: raw.subscribe.unwrap_or(false),
+        topic_prefix,
+        username: raw.username,
+        password: raw.password,
+    })
+}
+
+fn validate_http2(raw: RawHttp2) -> Result<Http2Options, ProfileError> {
+    let path = raw.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ProfileError::at(
+            "http2.path",
+            format!(
+                "{path:?} is not a request path; expected one starting with / and without spaces, e.g. \"/stream?v=1\""
+            ),
+        ));
+    }
+    if let Some(authority) = &raw.authority
+        && http::uri::Authority::try_from(authority.as_str()).is_err()
+    {
+        return Err(ProfileError::at(
+            "http2.authority",
+            format!("{authority:?} is not a valid authority; give host or host:port"),
+        ));
+    }
+    for (name, value) in &raw.headers {
+        if http::HeaderName::try_from(name.as_str()).is_err()
+            || name.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return Err(ProfileError::at(
+                format!("http2.headers.{name}"),
+                format!(
+                    "{name:?} is not a valid HTTP/2 header name; use lower-case letters, digits and -"
+                ),
+            ));
+        }
+        if http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(ProfileError::at(
+                format!("http2.headers.{name}"),
+                format!("{value:?} is not a valid header value; give visible ASCII on one line"),
+            ));
+        }
+    }
+    Ok(Http2Options {
+        path,
+        authority: raw.authority,
+        headers: raw.headers,
+    })
 }
 
 fn validate_tls(raw: RawTls, target: &TargetSpec) -> Result<TlsOptions, ProfileError> {
@@ -391,8 +608,6 @@ mod tests {
             e.message.contains("\"quic\"") && e.message.contains("tls"),
             "{e}"
         );
-        let e = error(r#", "protocol": "mqtt""#);
-        assert!(e.message.contains("not supported by this build yet"), "{e}");
         let e = error(r#", "tls": {"verify": false}"#);
         assert_eq!(e.path, "tls");
         assert!(e.message.contains("\"protocol\": \"tls\""), "{e}");
@@ -419,5 +634,111 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.path, "heartbeat.payload_bytes");
         assert!(e.message.contains("125"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_options_parse_and_refuse_with_the_fix() {
+        use crate::profile::protocol::MqttVersion;
+        let p = profile(r#", "protocol": "mqtt""#).unwrap();
+        let m = p.protocol_options.mqtt.unwrap();
+        assert_eq!(m.version, MqttVersion::V311);
+        // Twice the 1 s heartbeat: room for a missed PINGREQ before the broker gives up.
+        assert_eq!(m.keep_alive_s, 2);
+        assert!(m.clean_session && !m.subscribe);
+        let p = profile(
+            r#", "protocol": "mqtt", "mqtt": {"version": "5", "subscribe": true, "topic_prefix": "dev", "client_id_prefix": "fleet-a"}"#,
+        )
+        .unwrap();
+        let m = p.protocol_options.mqtt.unwrap();
+        assert_eq!((m.version, m.subscribe), (MqttVersion::V5, true));
+        for (extra, path, says) in [
+            (r#", "mqtt": {}"#, "mqtt", "\"protocol\": \"mqtt\""),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"version": "4"}"#,
+                "mqtt.version",
+                "\"3.1.1\" or \"5\"",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"client_id_prefix": "a b"}"#,
+                "mqtt.client_id_prefix",
+                "\"a b\"",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"topic_prefix": "x"}"#,
+                "mqtt.topic_prefix",
+                "\"subscribe\": true",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"subscribe": true, "topic_prefix": "a/#"}"#,
+                "mqtt.topic_prefix",
+                "wildcards",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"password": "p"}"#,
+                "mqtt.password",
+                "username",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"keep_alive_s": 70000}"#,
+                "mqtt.keep_alive_s",
+                "65535",
+            ),
+            (
+                r#", "protocol": "mqtt", "mqtt": {"qos": 1}"#,
+                "mqtt.qos",
+                "",
+            ),
+        ] {
+            let e = error(extra);
+            assert_eq!(e.path, path, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
+        let e = Profile::from_json(
+            r#"{"name": "p", "target": "embedded", "connections": 1, "protocol": "mqtt",
+                "mqtt": {"keep_alive_s": 5}, "heartbeat": {"interval": "10s"},
+                "phases": [{"hold": {"for": "1s"}}]}"#,
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "mqtt.keep_alive_s");
+        assert!(e.message.contains("at least 10"), "{e}");
+    }
+
+    #[test]
+    fn http2_options_parse_and_refuse_with_the_fix() {
+        let p = profile(r#", "protocol": "http2""#).unwrap();
+        assert_eq!(p.protocol_options.http2.unwrap().path, "/");
+        let p = profile(
+            r#", "protocol": "http2", "http2": {"path": "/push?v=1", "authority": "push.example:443", "headers": {"authorization": "Bearer x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.protocol_options.http2.unwrap().headers.len(), 1);
+        for (extra, path, says) in [
+            (r#", "http2": {}"#, "http2", "\"protocol\": \"http2\""),
+            (
+                r#", "protocol": "http2", "http2": {"path": "push"}"#,
+                "http2.path",
+                "\"push\"",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"authority": "a b"}"#,
+                "http2.authority",
+                "\"a b\"",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"headers": {"Authorization": "x"}}"#,
+                "http2.headers.Authorization",
+                "lower-case",
+            ),
+            (
+                r#", "protocol": "http2", "http2": {"headers": {"x-a": "a\nb"}}"#,
+                "http2.headers.x-a",
+                "one line",
+            ),
+        ] {
+            let e = error(extra);
+            assert_eq!(e.path, path, "{extra}: {e}");
+            assert!(e.message.contains(says), "{extra}: {e}");
+        }
     }
 }

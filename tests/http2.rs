@@ -1,0 +1,146 @@
+//! HTTP/2 (h2c, prior knowledge) end to end against the embedded sink: one streaming request
+//! per connection held open, HTTP/2 PING as the heartbeat, and a storm where every connection
+//! is kicked and comes back through a fresh preface, SETTINGS and request.
+
+mod common;
+
+use common::run_json;
+use serde_json::{Value, json};
+
+fn profile(connections: u64, phases: Value) -> Value {
+    json!({
+        "name": "h2",
+        "target": "embedded",
+        "connections": connections,
+        "protocol": "http2",
+        "http2": {"path": "/push?v=1", "headers": {"authorization": "Bearer t"}},
+        "heartbeat": {"interval": "500ms", "timeout": "3s"},
+        "reconnect": {"policy": "immediate"},
+        "phases": phases
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_holds_a_stream_and_answers_pings() {
+    let n = 300;
+    let result = run_json(
+        &profile(
+            n,
+            json!([{"ramp": {"rate": 1000}}, {"hold": {"for": "1500ms"}}]),
+        ),
+        false,
+        None,
+    )
+    .await;
+    let s = &result.summary;
+    assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
+    assert_eq!(s.connections.established, n);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.reconnects, 0);
+    assert_eq!(s.latency_us.handshake.count, n);
+    assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
+    assert_eq!(
+        s.heartbeats.answered, s.heartbeats.sent,
+        "{:?}",
+        s.heartbeats
+    );
+    assert_eq!(s.latency_us.heartbeat_rtt.count, s.heartbeats.answered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_kicks_every_connection_and_all_come_back_through_a_fresh_handshake() {
+    let n = 1000;
+    let result = run_json(
+        &profile(
+            n,
+            json!([
+                {"ramp": {"rate": 4000}},
+                {"hold": {"for": "1s"}},
+                {"storm": {"fraction": 1.0, "for": "3s"}}
+            ]),
+        ),
+        false,
+        None,
+    )
+    .await;
+    let s = &result.summary;
+    let storm = s.phases.iter().find(|p| p.name == "storm").unwrap();
+    assert_eq!(storm.reconnects, n, "{:?}", s.errors);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.established, 2 * n);
+    assert_eq!(s.latency_us.handshake.count, 2 * n);
+    assert!(
+        storm.recovery_100_s.is_some_and(|t| t < 2.5),
+        "{:?}",
+        storm.recovery_100_s
+    );
+    eprintln!(
+        "h2 storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
+        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
+    );
+}
+
+/// A one-purpose h2 server on loopback: accepts each connection's request, answers 200, then
+/// resets the stream (`reset`) or sends GOAWAY.
+async fn hostile_server(reset: bool) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                if reset {
+                    // Accept the stream, then refuse it: RST_STREAM REFUSED_STREAM (0x7).
+                    if let Some(Ok((_request, mut respond))) = conn.accept().await {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
+                } else {
+                    // GOAWAY ENHANCE_YOUR_CALM (0xb): the overloaded gateway's answer.
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                }
+                // Keep driving the connection so the frame goes out.
+                while let Some(Ok(_)) = conn.accept().await {}
+                // Then keep the socket open a while: closing it with the client's frames
+                // unread would reset the connection under the GOAWAY, as a gateway that
+                // lingers does not.
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                drop(conn);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_and_rst_stream_are_classified_with_their_error_codes() {
+    for (reset, kind, label) in [
+        (true, "h2_reset", "error code 0x7"),
+        (false, "h2_goaway", "error code 0xb"),
+    ] {
+        let addr = hostile_server(reset).await;
+        let result = run_json(
+            &json!({
+                "name": "h2-hostile",
+                "target": {"addrs": [addr.to_string()]},
+                "connections": 20,
+                "protocol": "http2",
+                "reconnect": {"policy": "none"},
+                "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "500ms"}}]
+            }),
+            false,
+            None,
+        )
+        .await;
+        let s = &result.summary;
+        assert_eq!(s.connections.established, 0, "{kind}");
+        assert_eq!(
+            s.error_details.get(kind).and_then(|d| d.get(label)),
+            Some(&20),
+            "{kind}: {:?} {:?}",
+            s.errors,
+            s.error_details
+        );
+    }
+}

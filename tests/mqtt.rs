@@ -1,0 +1,219 @@
+//! MQTT 3.1.1 and 5 end to end: against the embedded sink's broker side and against a real
+//! mosquitto started by the test; a CONNACK refusal classified with its reason code; a storm
+//! where every client is kicked and comes back through a fresh CONNECT.
+
+mod common;
+
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{run_json, wait_for_line};
+use serde_json::{Value, json};
+use stampede::metrics::ErrorKind;
+
+/// A mosquitto broker on a free loopback port, stopped on drop.
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start(allow_anonymous: bool) -> Mosquitto {
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
+        // mosquitto cannot report a port it chose, so the test picks a free one.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous {allow_anonymous}\n\
+                 persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+                 log_type notice\nlog_type information\nmax_keepalive 65535\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // Its readiness line comes once the listener is open.
+        wait_for_line(&mut stderr, Duration::from_secs(10), |l| {
+            l.contains(" running")
+        });
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Mosquitto {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn profile(target: Value, connections: u64, mqtt: Value, phases: Value) -> Value {
+    json!({
+        "name": "mqtt",
+        "target": target,
+        "connections": connections,
+        "protocol": "mqtt",
+        "mqtt": mqtt,
+        "heartbeat": {"interval": "500ms", "timeout": "3s"},
+        "reconnect": {"policy": "immediate"},
+        "phases": phases
+    })
+}
+
+fn hold(ramp_rate: u64, hold: &str) -> Value {
+    json!([{"ramp": {"rate": ramp_rate}}, {"hold": {"for": hold}}])
+}
+
+/// Every client connected once, stayed, and answered its PINGREQs: no broker kicked a client
+/// for a duplicate id, no CONNACK refused, nothing reconnected.
+fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
+    assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
+    assert_eq!(s.connections.established, n);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.reconnects, 0);
+    assert_eq!(s.latency_us.handshake.count, n);
+    assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
+    assert_eq!(
+        s.heartbeats.answered, s.heartbeats.sent,
+        "{:?}",
+        s.heartbeats
+    );
+    assert_eq!(s.latency_us.heartbeat_rtt.count, s.heartbeats.answered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_levels_connect_subscribe_and_ping_against_the_embedded_sink() {
+    for version in ["3.1.1", "5"] {
+        let result = run_json(
+            &profile(
+                json!("embedded"),
+                300,
+                json!({"version": version, "subscribe": true, "topic_prefix": "devices"}),
+                hold(1000, "1500ms"),
+            ),
+            false,
+            None,
+        )
+        .await;
+        assert_clean_hold(&result.summary, 300);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_mosquitto_accepts_every_client_id_once_and_answers_pings() {
+    let broker = Mosquitto::start(true);
+    for version in ["3.1.1", "5"] {
+        // Duplicate client ids would make mosquitto take over the older session: the first
+        // client would be disconnected and reconnect, which assert_clean_hold refuses.
+        let result = run_json(
+            &profile(
+                json!({"addrs": [broker.addr.to_string()]}),
+                300,
+                json!({"version": version, "subscribe": true}),
+                hold(1000, "1500ms"),
+            ),
+            false,
+            None,
+        )
+        .await;
+        assert_clean_hold(&result.summary, 300);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_connack_is_counted_with_its_reason_code() {
+    let broker = Mosquitto::start(false);
+    for (version, label) in [("3.1.1", "reason code 0x05"), ("5", "reason code 0x87")] {
+        let result = run_json(
+            &json!({
+                "name": "mqtt-refused",
+                "target": {"addrs": [broker.addr.to_string()]},
+                "connections": 20,
+                "protocol": "mqtt",
+                "mqtt": {"version": version},
+                "reconnect": {"policy": "none"},
+                "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "500ms"}}]
+            }),
+            false,
+            None,
+        )
+        .await;
+        let s = &result.summary;
+        assert_eq!(s.connections.established, 0);
+        assert_eq!(
+            s.errors.0[ErrorKind::MqttConnackRefused as usize],
+            20,
+            "{:?}",
+            s.errors
+        );
+        assert_eq!(
+            s.error_details["mqtt_connack_refused"][label], 20,
+            "{:?}",
+            s.error_details
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_kicks_every_client_and_all_come_back_through_a_fresh_connect() {
+    let n = 1000;
+    let result = run_json(
+        &profile(
+            json!("embedded"),
+            n,
+            json!({"version": "5"}),
+            json!([
+                {"ramp": {"rate": 4000}},
+                {"hold": {"for": "1s"}},
+                {"storm": {"fraction": 1.0, "for": "3s"}}
+            ]),
+        ),
+        false,
+        None,
+    )
+    .await;
+    let s = &result.summary;
+    let storm = s.phases.iter().find(|p| p.name == "storm").unwrap();
+    assert_eq!(storm.reconnects, n, "{:?}", s.errors);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.established, 2 * n);
+    // Every establishment, first or after the storm, went through CONNECT / CONNACK.
+    assert_eq!(s.latency_us.handshake.count, 2 * n);
+    assert!(
+        storm.recovery_100_s.is_some_and(|t| t < 2.5),
+        "{:?}",
+        storm.recovery_100_s
+    );
+    eprintln!(
+        "mqtt storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
+        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
+    );
+}
