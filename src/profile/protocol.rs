@@ -24,8 +24,6 @@ pub enum Protocol {
 
 impl Protocol {
     pub const NAMES: [&'static str; 5] = ["tcp", "tls", "websocket", "mqtt", "http2"];
-    /// The ones this build can run (a protocol joins when its client and sink side land).
-    pub const SUPPORTED: [&'static str; 3] = ["tcp", "tls", "websocket"];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -225,7 +223,7 @@ pub(super) fn validate(
                 "protocol",
                 format!(
                     "{text:?} is not supported; valid protocols: {}",
-                    Protocol::SUPPORTED.join(", ")
+                    Protocol::NAMES.join(", ")
                 ),
             )
         })?,
