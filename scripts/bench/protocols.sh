@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Protocol memory benchmark: RSS per held connection for tcp, tls (with and without session
-# resumption), ws and wss, client and sink, with the same method as hold.sh's marginal figure.
+# resumption), ws, wss, mqtt (5, subscribed) and h2 (one streaming request), client and
+# sink, with the same method as hold.sh's marginal figure.
 #
 # For each protocol P, one after the other:
 #   1. start `stampede sink --protocol P` on 127.0.0.1:PORT and wait for its "listening on" line;
@@ -29,7 +30,7 @@ PORT=${PORT:-7300}
 PAYLOAD=${PAYLOAD:-16}
 SETTLE=${SETTLE:-2}
 WINDOW=${WINDOW:-5}
-PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss}
+PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss mqtt h2}
 RATE=${RATE:-500}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -112,6 +113,8 @@ profile() {
         tls-noresume) extra="\"protocol\":\"tls\",\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\",\"resumption\":false}" ;;
         ws) extra='"protocol":"websocket","websocket":{"path":"/"}' ;;
         wss) extra="\"protocol\":\"websocket\",\"websocket\":{\"scheme\":\"wss\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
+        mqtt) extra='"protocol":"mqtt","mqtt":{"version":"5","subscribe":true}' ;;
+        h2) extra='"protocol":"http2"' ;;
     esac
     cat > "$WORK/$proto.json" <<EOF
 {"name":"mem-$proto","target":{"addrs":["127.0.0.1:$PORT"]},$extra,"connections":$CONNECTIONS,

@@ -346,21 +346,13 @@ impl Table {
 
     /// A held connection failed: counted, closed, and reconnected per policy.
     fn lose(&mut self, shard: &Shard, index: usize, kind: ErrorKind) {
-        let slot = self.slot(index);
-        let (source, target) = shard
-            .plan
-            .pool
-            .pair_in(slot, self.conns[index].set as usize);
-        shard.fail(source, target, kind);
         shard.went_down();
-        self.release(shard, index);
-        let conn = &mut self.conns[index];
-        conn.state = State::Empty;
-        conn.attempt = 0;
-        self.after_failure(shard, index);
+        self.conns[index].attempt = 0;
+        self.connect_failed(shard, index, kind);
     }
 
-    /// A connect attempt failed before it was established.
+    /// A connection (or an attempt at one) failed: the failure is counted against the pair the
+    /// connection used, its socket closed, and one more attempt made later, or none.
     fn connect_failed(&mut self, shard: &Shard, index: usize, kind: ErrorKind) {
         let slot = self.slot(index);
         let (source, target) = shard
