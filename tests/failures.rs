@@ -39,6 +39,26 @@ async fn refused_target_counts_refused_and_fails_thresholds() {
     assert!(!result.summary.thresholds[0].pass);
 }
 
+/// The largest heartbeat a profile allows (64 KiB) goes out in several writes and comes back
+/// in several reads, and is still counted as one answered heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_heartbeat_is_sent_and_echoed_whole() {
+    let sink = common::SinkHandle::start().await;
+    let profile = json!({
+        "name": "big-heartbeat",
+        "target": {"addrs": [sink.addr.to_string()]},
+        "connections": 10,
+        "heartbeat": {"interval": "200ms", "payload_bytes": stampede::profile::MAX_PAYLOAD_BYTES, "timeout": "2s"},
+        "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "1s"}}],
+        "thresholds": ["errors <= 0"]
+    });
+    let result = run_json(&profile, false, None).await;
+    let s = &result.summary;
+    assert_eq!(s.error_total(), 0, "{:?}", s.errors);
+    assert!(s.heartbeats.answered >= 30, "{:?}", s.heartbeats);
+    assert_eq!(result.exit_code, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_heartbeats_time_out() {
     // A server that accepts and holds but never echoes.

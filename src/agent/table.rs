@@ -64,7 +64,7 @@ struct Conn {
     state: State,
     /// The target set this connection was opened in.
     set: u8,
-    count: u16,
+    count: u32,
     /// Attempts since the last success (0 for a first connection).
     attempt: u32,
     /// The previous backoff, for decorrelated jitter.
@@ -496,7 +496,7 @@ impl Table {
             if n > 0 {
                 let conn = &mut self.conns[index];
                 if conn.state == State::Echo {
-                    conn.count = conn.count.saturating_add(n as u16);
+                    conn.count = conn.count.saturating_add(n as u32);
                 }
                 if (n as usize) < buf.len() {
                     break;
@@ -515,7 +515,7 @@ impl Table {
         }
         let payload = shard.payload.len();
         let conn = self.conns[index];
-        if conn.state == State::Echo && usize::from(conn.count) >= payload {
+        if conn.state == State::Echo && conn.count as usize >= payload {
             self.answered(shard, index);
         }
     }
@@ -548,7 +548,7 @@ impl Table {
     fn send(&mut self, shard: &Shard, index: usize) {
         let payload = &shard.payload[..];
         let conn = self.conns[index];
-        let mut done = usize::from(conn.count);
+        let mut done = conn.count as usize;
         while done < payload.len() {
             let rest = &payload[done..];
             // SAFETY: `rest` is valid for its length; `fd` is an open socket of this table.
@@ -568,7 +568,7 @@ impl Table {
             match e.kind() {
                 io::ErrorKind::WouldBlock => {
                     // The rest goes out when the socket is writable (the echo timeout runs).
-                    self.conns[index].count = done as u16;
+                    self.conns[index].count = done as u32;
                     return;
                 }
                 io::ErrorKind::Interrupted => continue,
