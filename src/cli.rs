@@ -1012,21 +1012,19 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
     0
 }
 
-/// A directory removed when dropped (the workers' generated certificate lives there).
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// For `sink --workers` with TLS: the `--cert` and `--key` files every worker gets (with the
-/// directory to remove at exit when they were generated), after `--cert-out` is written.
+/// For `sink --workers` with TLS: the `--cert` and `--key` every worker gets, after
+/// `--cert-out` is written; generated files are removed when the returned value is dropped.
 /// `None` for protocols without TLS.
 fn sink_workers_certificate(
     args: &SinkArgs,
-) -> Result<Option<(Option<TempDir>, String, String)>, String> {
+) -> Result<
+    Option<(
+        Option<crate::protocol::tls::SelfSignedFiles>,
+        String,
+        String,
+    )>,
+    String,
+> {
     let protocol = crate::protocol::SinkProtocol {
         name: args.protocol.clone(),
         cert: args.cert.clone(),
@@ -1043,37 +1041,29 @@ fn sink_workers_certificate(
             None => Ok(None),
         };
     };
-    let write = |path: &std::path::Path, text: &str, flag: &str| {
-        std::fs::write(path, text)
-            .map_err(|e| format!("{flag} {}: cannot write: {e}", path.display()))
-    };
-    if let Some(path) = &args.cert_out {
-        write(path, &crate::protocol::tls::pem(&served), "--cert-out")?;
-    }
-    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-        return Ok(Some((
+    let (files, cert, key, pem) = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => (
             None,
             cert.display().to_string(),
             key.display().to_string(),
-        )));
-    }
-    let (cert, key) =
-        crate::protocol::tls::self_signed_pem(&crate::protocol::tls::SELF_SIGNED_NAMES)?;
-    let dir = TempDir(std::env::temp_dir().join(format!("stampede-sink-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0)
-        .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
-    let (cert_file, key_file) = (dir.0.join("sink.pem"), dir.0.join("sink.key"));
-    write(&cert_file, &cert, "certificate")?;
-    write(&key_file, &key, "key")?;
+            crate::protocol::tls::pem(&served),
+        ),
+        // The workers serve one generated pair, not the one `acceptor` made for the check.
+        _ => {
+            let files = crate::protocol::tls::SelfSignedFiles::create("sink")?;
+            let pem = files.cert_pem()?;
+            let (cert, key) = (
+                files.cert.display().to_string(),
+                files.key.display().to_string(),
+            );
+            (Some(files), cert, key, pem)
+        }
+    };
     if let Some(path) = &args.cert_out {
-        // The workers serve the generated pair, not the one `acceptor` made for the check.
-        write(path, &cert, "--cert-out")?;
+        std::fs::write(path, pem)
+            .map_err(|e| format!("--cert-out {}: cannot write: {e}", path.display()))?;
     }
-    Ok(Some((
-        Some(dir),
-        cert_file.display().to_string(),
-        key_file.display().to_string(),
-    )))
+    Ok(Some((files, cert, key)))
 }
 
 async fn sink_admin_command(args: SinkAdminArgs) -> i32 {

@@ -162,3 +162,60 @@ fn sink_workers_share_the_port_report_totals_and_die_with_their_parent() {
     }
     drop(clients);
 }
+
+#[test]
+fn sink_workers_serve_one_certificate_that_cert_out_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("sink.pem");
+    let mut child = bin()
+        .args([
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--quiet",
+        ])
+        .args(["--protocol", "tls", "--cert-out"])
+        .arg(&pem)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = wait_for_line(&mut stdout, Duration::from_secs(10), |l| {
+        l.starts_with("listening on ")
+    });
+    let addr = line["listening on ".len()..].trim().to_string();
+    wait_for_line(&mut stdout, Duration::from_secs(5), |l| l == "workers 2\n");
+    // Trusting only the written certificate, every connection (spread over both workers by
+    // SO_REUSEPORT) completes its handshake: both workers serve that one certificate.
+    let profile = dir.path().join("tls.json");
+    std::fs::write(
+        &profile,
+        serde_json::json!({
+            "name": "workers-tls",
+            "target": {"addrs": [addr]},
+            "protocol": "tls",
+            "tls": {"server_name": "localhost", "ca_file": pem},
+            "connections": 100,
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "500ms"}}],
+            "thresholds": ["errors <= 0", "established_ratio >= 1"]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["run", "--quiet"])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

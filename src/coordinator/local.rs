@@ -80,15 +80,7 @@ struct SinkFlags {
     /// The certificate agents must trust, when the sinks speak TLS.
     ca_file: Option<PathBuf>,
     /// Removes the certificate files when the run ends.
-    _files: Option<TempFiles>,
-}
-
-struct TempFiles(PathBuf);
-
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _files: Option<crate::protocol::tls::SelfSignedFiles>,
 }
 
 fn sink_flags(profile: &crate::profile::Profile) -> Result<SinkFlags, RunError> {
@@ -101,25 +93,14 @@ fn sink_flags(profile: &crate::profile::Profile) -> Result<SinkFlags, RunError> 
             _files: None,
         });
     }
-    let fatal = |e: String| RunError::Fatal(format!("cannot prepare the sinks' certificate: {e}"));
-    let (cert, key) =
-        crate::protocol::tls::self_signed_pem(&crate::protocol::tls::SELF_SIGNED_NAMES)
-            .map_err(fatal)?;
-    let dir = std::env::temp_dir().join(format!(
-        "stampede-swarm-{}-{}",
-        std::process::id(),
-        crate::coordinator::unix_us()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| fatal(e.to_string()))?;
-    let files = TempFiles(dir.clone());
-    let (cert_file, key_file) = (dir.join("sink.pem"), dir.join("sink.key"));
-    std::fs::write(&cert_file, cert).map_err(|e| fatal(e.to_string()))?;
-    std::fs::write(&key_file, key).map_err(|e| fatal(e.to_string()))?;
+    let files = crate::protocol::tls::SelfSignedFiles::create("swarm")
+        .map_err(|e| RunError::Fatal(format!("cannot prepare the sinks' certificate: {e}")))?;
+    let cert_file = files.cert.clone();
     args.extend([
         "--cert".to_string(),
-        cert_file.display().to_string(),
+        files.cert.display().to_string(),
         "--key".to_string(),
-        key_file.display().to_string(),
+        files.key.display().to_string(),
     ]);
     Ok(SinkFlags {
         args,

@@ -284,6 +284,53 @@ pub fn self_signed_pem(names: &[&str]) -> Result<(String, String), String> {
     Ok((certified.cert.pem(), certified.signing_key.serialize_pem()))
 }
 
+/// A self-signed certificate for `SELF_SIGNED_NAMES` and its key, written as `sink.pem` and
+/// `sink.key` into a fresh directory under the system's temporary directory, for several sink
+/// processes to serve the same certificate. The directory is removed when this is dropped.
+pub struct SelfSignedFiles {
+    dir: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl SelfSignedFiles {
+    /// `purpose` names the directory (`stampede-PURPOSE-PID-MICROS`).
+    pub fn create(purpose: &str) -> Result<SelfSignedFiles, String> {
+        let (cert, key) = self_signed_pem(&SELF_SIGNED_NAMES)?;
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let dir = std::env::temp_dir().join(format!(
+            "stampede-{purpose}-{}-{micros}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let files = SelfSignedFiles {
+            cert: dir.join("sink.pem"),
+            key: dir.join("sink.key"),
+            dir,
+        };
+        for (path, text) in [(&files.cert, &cert), (&files.key, &key)] {
+            std::fs::write(path, text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        Ok(files)
+    }
+
+    /// The certificate as PEM text, for `--cert-out`.
+    pub fn cert_pem(&self) -> Result<String, String> {
+        std::fs::read_to_string(&self.cert)
+            .map_err(|e| format!("cannot read {}: {e}", self.cert.display()))
+    }
+}
+
+impl Drop for SelfSignedFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn generate(names: &[&str]) -> Result<rcgen::CertifiedKey<rcgen::KeyPair>, String> {
     rcgen::generate_simple_self_signed(names.iter().map(ToString::to_string).collect::<Vec<_>>())
         .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))
