@@ -483,6 +483,19 @@ mod tests {
 
     /// Found by fuzzing (scripts/fuzz.sh histogram): HdrHistogram's decoder reserved and
     /// zeroed whatever payload length a header announced, 4 GiB and 9 s for these 40 bytes.
+    /// `plain` deflated and framed as a V2 deflate histogram.
+    fn deflate_framed(plain: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut deflated = Vec::new();
+        let mut z = flate2::write::ZlibEncoder::new(&mut deflated, flate2::Compression::best());
+        z.write_all(plain).unwrap();
+        z.finish().unwrap();
+        let mut framed = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
+        framed.extend((deflated.len() as u32).to_be_bytes());
+        framed.extend(&deflated);
+        framed
+    }
+
     #[test]
     fn histogram_headers_that_announce_huge_payloads_are_refused_before_decoding() {
         let header = |cookie: u32, payload: u32, digits: u32, high: u64| {
@@ -505,16 +518,7 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
 
         // The same inside a deflate stream, and bounds that would allocate large counts.
-        let mut deflated = Vec::new();
-        {
-            use std::io::Write as _;
-            let mut z = flate2::write::ZlibEncoder::new(&mut deflated, flate2::Compression::best());
-            z.write_all(&huge).unwrap();
-            z.finish().unwrap();
-        }
-        let mut framed = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
-        framed.extend((deflated.len() as u32).to_be_bytes());
-        framed.extend(&deflated);
+        let framed = deflate_framed(&huge);
         let error = decode_histogram(&BASE64.encode(&framed))
             .unwrap_err()
             .to_string();
@@ -528,16 +532,7 @@ mod tests {
         // A deflate bomb: a megabyte of zeros after a valid header inflates past the limit.
         let mut bomb_plain = header(V2_COOKIE, 0, u32::from(SIGFIGS), HIGHEST_US);
         bomb_plain.extend(vec![0u8; 1 << 20]);
-        let mut deflated = Vec::new();
-        {
-            use std::io::Write as _;
-            let mut z = flate2::write::ZlibEncoder::new(&mut deflated, flate2::Compression::best());
-            z.write_all(&bomb_plain).unwrap();
-            z.finish().unwrap();
-        }
-        let mut framed = V2_DEFLATE_COOKIE.to_be_bytes().to_vec();
-        framed.extend((deflated.len() as u32).to_be_bytes());
-        framed.extend(&deflated);
+        let framed = deflate_framed(&bomb_plain);
         let error = decode_histogram(&BASE64.encode(&framed))
             .unwrap_err()
             .to_string();

@@ -216,22 +216,10 @@ mod tests {
     /// One of these lives per held connection: the handshake's kilobytes must stay boxed.
     #[tokio::test]
     async fn future_stays_small() {
-        use crate::agent::EnginePlan;
-        use crate::agent::pool::SourcePool;
-        use crate::profile::SourceSpec;
-        let pool = SourcePool::new(
-            &SourceSpec::default(),
-            &["127.0.0.1:9".parse().unwrap()],
-            crate::host::ephemeral_port_range(),
-        )
-        .unwrap();
-        let profile = crate::profile::Profile::from_value(serde_json::json!({
+        let shard = crate::agent::shard::test_shard(serde_json::json!({
             "name": "size", "target": "embedded", "connections": 1, "protocol": "tls",
             "heartbeat": {"interval": "1s"}, "phases": [{"hold": {"for": "1s"}}]
-        }))
-        .unwrap();
-        let plan = std::sync::Arc::new(EnginePlan::new(&profile, pool));
-        let shard = Rc::new(Shard::new(plan, Instant::now(), 1));
+        }));
         let future = run(shard, 0, Instant::now(), false);
         let size = std::mem::size_of_val(&future);
         assert!(

@@ -118,6 +118,21 @@ impl Shard {
     }
 }
 
+/// A one-worker shard for `profile` (JSON) with its one target at 127.0.0.1:9, for tests that
+/// look at a connection future without running it.
+#[cfg(test)]
+pub(crate) fn test_shard(profile: serde_json::Value) -> Rc<Shard> {
+    let pool = super::pool::SourcePool::new(
+        &crate::profile::SourceSpec::default(),
+        &["127.0.0.1:9".parse().expect("a socket address")],
+        crate::host::ephemeral_port_range(),
+    )
+    .expect("a pool of the default sources");
+    let profile = crate::profile::Profile::from_value(profile).expect("a valid profile");
+    let plan = Arc::new(EnginePlan::new(&profile, pool));
+    Rc::new(Shard::new(plan, Instant::now(), 1))
+}
+
 /// Starts a slot's connection task: plain TCP on its hand-written futures, other protocols
 /// on `layered`.
 fn spawn_slot(
