@@ -31,6 +31,8 @@ WINDOW=${WINDOW:-10}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STAMPEDE=$ROOT/target/release/stampede
 WORK=$(mktemp -d /tmp/stampede-compare.XXXXXX)
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 say() { echo "compare.sh: $*" >&2; }
 die() {
     say "$*"
@@ -66,7 +68,6 @@ HOLD=$(sed -n 's/^hold.sh: outputs kept in //p' "$WORK/hold.err")
 
 
 # --- 2. tsung -----------------------------------------------------------------------------------
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
 
 for i in 1 2 3; do
@@ -131,7 +132,7 @@ EOF
     beam=$(pgrep -f "beam.*tsung_controller" | head -1)
     [[ -n $beam ]] || die "cannot find tsung's Erlang VM"
     for (( i = 0; i < WINDOW; i++ )); do
-        rss=$(rss_kib "$beam")
+        rss=$(rss_kib "$beam" || echo 0)
         (( rss > rss_max )) && rss_max=$rss
         sleep 1
     done

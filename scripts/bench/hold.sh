@@ -44,6 +44,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STAMPEDE=${STAMPEDE_BIN:-$ROOT/target/release/stampede}
 WORK=$(mktemp -d /tmp/stampede-hold.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 die() {
     echo "hold.sh: $*" >&2
@@ -54,18 +56,8 @@ die() {
 PIDS=()
 cleanup() {
     local status=$?
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # Bounded: a sink that ignores SIGTERM for 5 s is killed.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    # Bounded: a sink that ignores SIGTERM for 5 s is killed.
+    stop_pids 5 "${PIDS[@]}"
     if [[ -n ${KEEP:-} ]]; then
         echo "hold.sh: outputs kept in $WORK" >&2
     else
@@ -97,22 +89,6 @@ fi
 cc -O2 -o "$WORK/rawclient" "$ROOT/scripts/bench/rawclient.c" || die "cannot build rawclient"
 
 # --- helpers --------------------------------------------------------------------------------
-# wait_line PID FILE REGEX TIMEOUT_S: polls FILE until a line matches, PID dies, or time is up.
-# Builtins only (no fork per poll), so the polling does not compete with the connect burst.
-wait_line() {
-    local pid=$1 file=$2 re=$3 deadline line
-    deadline=$(( ${EPOCHREALTIME/./} + $4 * 1000000 ))
-    while :; do
-        if [[ -f $file ]]; then
-            while IFS= read -r line; do
-                [[ $line =~ $re ]] && return 0
-            done < "$file"
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        (( ${EPOCHREALTIME/./} < deadline )) || return 1
-        sleep 0.05
-    done
-}
 
 # wait_exit PID TIMEOUT_S: waits for PID, killing it after TIMEOUT_S; sets EXIT_STATUS.
 wait_exit() {
@@ -135,27 +111,8 @@ wait_exit() {
     forget "$pid"
 }
 
-forget() { # drops PID from the cleanup list once it has been reaped
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
-cpu_ticks() { # utime + stime of PID, in clock ticks
-    local f
-    read -r -a f < "/proc/$1/stat" || return 1
-    # Fields after the ")" of comm; comm has no spaces for our binaries.
-    echo $(( f[13] + f[14] ))
-}
 
-rss_kib() {
-    local key value _
-    [[ -r /proc/$1/status ]] || return 1
-    while read -r key value _; do
-        [[ $key == VmRSS: ]] && { echo "$value"; return 0; }
-    done < "/proc/$1/status"
-    return 1
-}
 
 host_busy_ticks() { # busy and total jiffies of the whole host (first line of /proc/stat)
     local _ user nice system idle iowait irq softirq steal

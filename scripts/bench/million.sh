@@ -41,6 +41,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STAMPEDE=${STAMPEDE_BIN:-$ROOT/target/release/stampede}
 WORK=$(mktemp -d /tmp/stampede-million.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 say() { echo "million.sh: $*" >&2; }
 die() {
@@ -52,16 +54,8 @@ die() {
 PIDS=()
 RESTORE=()
 cleanup() {
-    local status=$? pid i entry
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for (( i = 0; i < 100; i++ )); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    local status=$? entry
+    stop_pids 10 "${PIDS[@]}"
     for entry in "${RESTORE[@]}"; do
         sysctl -qw "$entry" >/dev/null && say "restored $entry"
     done
@@ -86,8 +80,8 @@ set_at_least() {
     fi
 }
 
-rss_kib() { awk '/^VmRSS:/ { print $2; f = 1 } END { if (!f) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { local f; read -r -a f < "/proc/$1/stat" && echo $(( f[13] + f[14] )); }
+# A process gone between listing and reading counts as 0 KiB.
+rss_or_zero() { rss_kib "$1" || echo 0; }
 slab_kib() { awk '/^Slab:/ { print $2 }' /proc/meminfo; }
 
 # --- checks -----------------------------------------------------------------------------------
@@ -160,15 +154,15 @@ while kill -0 "$RUN" 2>/dev/null; do
     if [[ -n $HELD_AT ]]; then
         agents_kib=0 agents=0
         for pid in $(pgrep -P "$RUN" -f " agent " || true); do
-            agents_kib=$(( agents_kib + $(rss_kib "$pid") ))
+            agents_kib=$(( agents_kib + $(rss_or_zero "$pid") ))
             agents=$(( agents + 1 ))
         done
         (( agents > AGENTS )) && AGENTS=$agents
-        sinks_kib=$(rss_kib "$SINK")
-        for pid in $(pgrep -P "$SINK" || true); do sinks_kib=$(( sinks_kib + $(rss_kib "$pid") )); done
+        sinks_kib=$(rss_or_zero "$SINK")
+        for pid in $(pgrep -P "$SINK" || true); do sinks_kib=$(( sinks_kib + $(rss_or_zero "$pid") )); done
         (( agents_kib > AGENT_RSS_MAX )) && AGENT_RSS_MAX=$agents_kib
         (( sinks_kib > SINK_RSS_MAX )) && SINK_RSS_MAX=$sinks_kib
-        c=$(rss_kib "$RUN"); (( c > COORD_RSS_MAX )) && COORD_RSS_MAX=$c
+        c=$(rss_or_zero "$RUN"); (( c > COORD_RSS_MAX )) && COORD_RSS_MAX=$c
         s=$(slab_kib); (( s > SLAB_MAX )) && SLAB_MAX=$s
     fi
     sleep 1

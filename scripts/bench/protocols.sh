@@ -34,6 +34,8 @@ PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss mqtt h2}
 RATE=${RATE:-500}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 STAMPEDE=${STAMPEDE_BIN:-$ROOT/target/release/stampede}
 WORK=$(mktemp -d /tmp/stampede-protocols.XXXXXX)
 
@@ -44,16 +46,8 @@ die() {
 
 PIDS=()
 cleanup() {
-    local status=$? pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    local status=$?
+    stop_pids 5 "${PIDS[@]}"
     if [[ -n ${KEEP:-} ]]; then echo "protocols.sh: outputs kept in $WORK" >&2; else rm -rf "$WORK"; fi
     exit "$status"
 }
@@ -68,39 +62,11 @@ if [[ -z ${STAMPEDE_BIN:-} ]]; then
     (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
 fi
 
-# wait_line PID FILE REGEX TIMEOUT_S: polls FILE until a line matches, PID dies, or time is up.
-wait_line() {
-    local pid=$1 file=$2 re=$3 deadline line
-    deadline=$(( ${EPOCHREALTIME/./} + $4 * 1000000 ))
-    while :; do
-        if [[ -f $file ]]; then
-            while IFS= read -r line; do [[ $line =~ $re ]] && return 0; done < "$file"
-        fi
-        kill -0 "$pid" 2>/dev/null || return 1
-        (( ${EPOCHREALTIME/./} < deadline )) || return 1
-        sleep 0.05
-    done
-}
 
-rss_kib() {
-    local key value _
-    while read -r key value _; do
-        [[ $key == VmRSS: ]] && { echo "$value"; return 0; }
-    done < "/proc/$1/status"
-    return 1
-}
 
-forget() {
-    local keep=() p
-    for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
 stop() { # stop PID: SIGTERM, bounded wait, SIGKILL
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
+    stop_pids 5 "$1"
     forget "$1"
 }
 
