@@ -16,6 +16,7 @@
 pub mod conn;
 mod layered;
 pub mod pool;
+mod publisher;
 pub mod session;
 pub(crate) mod shard;
 pub mod socket;

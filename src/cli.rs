@@ -63,6 +63,7 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
   stampede sink --listen 127.0.0.1:7000 --workers 60 --quiet   # ~1 M connections
   stampede sink --listen 127.0.0.1:7443 --protocol tls --cert-out sink.pem
   stampede sink --listen 127.0.0.1:7080 --protocol ws --ws-path /push
+  stampede sink --listen 127.0.0.1:7090 --protocol h2 --push-interval 1s
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
 connections than one process's file limit allows; --workers N starts N of them and
@@ -267,7 +268,8 @@ pub struct SinkArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     /// Protocol to speak: tcp, tls, ws (WebSocket), wss (WebSocket over TLS), mqtt (a
-    /// minimal broker: CONNACK, PINGRESP, SUBACK) or h2 (HTTP/2 cleartext, prior knowledge).
+    /// minimal broker: CONNACK, PINGRESP, SUBACK, and PUBLISH routed to the subscribers of
+    /// its exact topic within this process) or h2 (HTTP/2 cleartext, prior knowledge).
     #[arg(long, value_name = "NAME", default_value = "tcp")]
     pub protocol: String,
     /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.
@@ -282,6 +284,27 @@ pub struct SinkArgs {
     /// WebSocket: upgrade only this path; others are answered 404 (default: any path).
     #[arg(long, value_name = "PATH")]
     pub ws_path: Option<String>,
+    /// HTTP/2: send a DATA frame stamped with its send time on every open stream this often
+    /// (clients time its delivery); without it, only the one frame at stream open.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub push_interval: Option<Duration>,
+}
+
+/// The sink's protocol settings from its flags.
+fn sink_protocol(args: &SinkArgs) -> Result<crate::protocol::SinkProtocol, String> {
+    if args.push_interval.is_some() && args.protocol != "h2" {
+        return Err(format!(
+            "--push-interval needs --protocol h2, not {:?}; remove it or speak h2",
+            args.protocol
+        ));
+    }
+    Ok(crate::protocol::SinkProtocol {
+        name: args.protocol.clone(),
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ws_path: args.ws_path.clone(),
+        push_interval: args.push_interval,
+    })
 }
 
 fn parse_close_rate(text: &str) -> Result<f64, String> {
@@ -809,13 +832,7 @@ async fn sink_command(args: SinkArgs) -> i32 {
     if let Err(e) = crate::host::raise_fd_limit() {
         eprint_line(&format!("stampede sink: cannot raise RLIMIT_NOFILE: {e}"));
     }
-    let protocol = crate::protocol::SinkProtocol {
-        name: args.protocol.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-        ws_path: args.ws_path.clone(),
-    };
-    let (acceptor, cert) = match protocol.acceptor() {
+    let (acceptor, cert) = match sink_protocol(&args).and_then(|p| p.acceptor()) {
         Ok(built) => built,
         Err(e) => {
             eprint_line(&format!("stampede sink: {e}"));
@@ -919,6 +936,12 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
     let mut pass_on = vec!["--protocol".to_string(), args.protocol.clone()];
     if let Some(path) = &args.ws_path {
         pass_on.extend(["--ws-path".to_string(), path.clone()]);
+    }
+    if let Some(every) = args.push_interval {
+        pass_on.extend([
+            "--push-interval".to_string(),
+            format!("{}us", every.as_micros()),
+        ]);
     }
     // Every worker must serve the same certificate: check the given one here (bad input is
     // exit 2 before any worker starts), or make one self-signed pair for all of them.
@@ -1025,13 +1048,7 @@ fn sink_workers_certificate(
     )>,
     String,
 > {
-    let protocol = crate::protocol::SinkProtocol {
-        name: args.protocol.clone(),
-        cert: args.cert.clone(),
-        key: args.key.clone(),
-        ws_path: args.ws_path.clone(),
-    };
-    let (_, served) = protocol.acceptor()?;
+    let (_, served) = sink_protocol(args)?.acceptor()?;
     let Some(served) = served else {
         return match &args.cert_out {
             Some(_) => Err(format!(

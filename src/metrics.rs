@@ -163,6 +163,12 @@ pub struct Counts {
     /// Connections that stopped retrying: their reconnect policy ran out of attempts.
     #[serde(default)]
     pub given_up: u64,
+    /// Messages the run's own publisher sent (MQTT fan-out).
+    #[serde(default)]
+    pub published: u64,
+    /// Server-sent messages that arrived: MQTT PUBLISH, HTTP/2 DATA frames (stamped or not).
+    #[serde(default)]
+    pub received: u64,
     pub errors: [u64; ErrorKind::COUNT],
 }
 
@@ -175,6 +181,8 @@ impl Counts {
         self.heartbeats_answered += other.heartbeats_answered;
         self.reconnects += other.reconnects;
         self.given_up += other.given_up;
+        self.published += other.published;
+        self.received += other.received;
         for (mine, theirs) in self.errors.iter_mut().zip(other.errors) {
             *mine += theirs;
         }
@@ -208,10 +216,13 @@ pub enum Latency {
     /// The protocol's handshake on an established TCP connection (TLS, WebSocket upgrade,
     /// MQTT CONNECT/CONNACK, HTTP/2 preface and settings); never recorded for plain TCP.
     Handshake,
+    /// From a server-sent message's send time, stamped in it, to its arrival: MQTT fan-out
+    /// publish-to-receive, HTTP/2 DATA frames from the sink. Only stamped messages count.
+    Delivery,
 }
 
 impl Latency {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 7;
     pub const ALL: [Latency; Latency::COUNT] = [
         Latency::Connect,
         Latency::ConnectService,
@@ -219,6 +230,7 @@ impl Latency {
         Latency::Recovery,
         Latency::Disconnect,
         Latency::Handshake,
+        Latency::Delivery,
     ];
 
     /// Tag in the hlog and key in `summary.json`.
@@ -230,6 +242,7 @@ impl Latency {
             Latency::Recovery => "recovery",
             Latency::Disconnect => "disconnect",
             Latency::Handshake => "handshake",
+            Latency::Delivery => "delivery",
         }
     }
 
@@ -242,6 +255,7 @@ impl Latency {
             Latency::Recovery => "recovery",
             Latency::Disconnect => "disconnect",
             Latency::Handshake => "handshake",
+            Latency::Delivery => "delivery",
         }
     }
 }

@@ -454,6 +454,14 @@ impl Profile {
                 *rate *= fraction;
             }
         }
+        if let Some(fanout) = out
+            .protocol_options
+            .mqtt
+            .as_mut()
+            .and_then(|m| m.fanout.as_mut())
+        {
+            fanout.rate *= fraction;
+        }
         out
     }
 
@@ -548,7 +556,7 @@ fn fraction_at(path: &str, value: Option<f64>) -> Result<f64, ProfileError> {
     }
 }
 
-fn duration_at(path: &str, text: &str) -> Result<Duration, ProfileError> {
+pub(crate) fn duration_at(path: &str, text: &str) -> Result<Duration, ProfileError> {
     match parse_duration(text) {
         Some(d) if !d.is_zero() => Ok(d),
         Some(_) => Err(ProfileError::at(

@@ -343,7 +343,8 @@ pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
         "summary",
         "Whole-run latency by metric (HDR histogram, 3 significant digits): connect from the \
          scheduled attempt, connect_service from the connect() call, handshake the protocol's \
-         handshake after it, heartbeat_rtt from the scheduled send. quantile=\"1\" is the maximum.",
+         handshake after it, heartbeat_rtt from the scheduled send, delivery from the send time \
+         stamped in a server-sent message to its arrival. quantile=\"1\" is the maximum.",
     );
     for metric in Latency::ALL {
         let h = s.total_latency.get(metric);

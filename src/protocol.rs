@@ -5,6 +5,12 @@
 //!   self-signed one) and TLS alert classification.
 //! - `websocket`: the upgrade (path, headers, subprotocol), ping/pong or echoed-text
 //!   heartbeats, `ws` and `wss`.
+//! - `mqtt`: CONNECT / CONNACK, PINGREQ heartbeats, subscriptions, the fan-out publisher, and
+//!   the sink's minimal broker.
+//! - `http2`: one streaming request per connection, PING heartbeats, server-sent DATA frames.
+//!
+//! Server-sent messages (MQTT PUBLISH, HTTP/2 DATA) may carry a stamp, `stampede` and the
+//! send time, so that the receiving side can time their delivery.
 //!
 //! Plain TCP never comes here: its connections keep the hand-written futures of `agent::conn`.
 //! A protocol is one file that adds a `Connector` variant (client side, built once per run
@@ -130,6 +136,49 @@ impl Connector {
     }
 }
 
+/// The marker that starts a stamped server-sent message; the send time follows it.
+const STAMP_MARKER: &[u8; 8] = b"stampede";
+/// Marker and send time: the bytes a stamped message starts with.
+pub const STAMP_LEN: usize = 16;
+
+/// Nanoseconds since the Unix epoch now. Stamps use the wall clock so that a stamp written by
+/// one process (the sink) reads right in another on the same host.
+pub fn unix_ns_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Writes the stamp for send time `unix_ns` at the front of `payload` (at least `STAMP_LEN`
+/// bytes).
+pub fn write_stamp(payload: &mut [u8], unix_ns: u64) {
+    if let Some(head) = payload.get_mut(..STAMP_LEN) {
+        head[..8].copy_from_slice(STAMP_MARKER);
+        head[8..].copy_from_slice(&unix_ns.to_be_bytes());
+    }
+}
+
+/// Microseconds from the send time stamped in `payload` to now, or `None` for a message
+/// without a stamp. A stamp from a clock ahead of ours reads as 0.
+pub fn stamp_age_us(payload: &[u8]) -> Option<u64> {
+    let head = payload.get(..STAMP_LEN)?;
+    if &head[..8] != STAMP_MARKER {
+        return None;
+    }
+    let sent = u64::from_be_bytes(head[8..].try_into().ok()?);
+    Some(unix_ns_now().saturating_sub(sent) / 1000)
+}
+
+/// What a held session saw between heartbeats.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The peer closed or broke the connection.
+    Closed(Failure),
+    /// A server-sent message arrived (MQTT PUBLISH, HTTP/2 DATA frame): its age in
+    /// microseconds when it carried a send-time stamp.
+    Message(Option<u64>),
+}
+
 /// An established connection of a protocol above TCP.
 pub enum Session {
     Tls(Box<tls::ClientStream>),
@@ -149,14 +198,25 @@ impl Session {
         }
     }
 
-    /// Waits until the peer closes or breaks the connection, discarding what arrives.
-    /// Cancel-safe: dropped between heartbeats without losing anything that matters.
-    pub async fn closed(&mut self) -> Failure {
+    /// Waits for the next server-sent message, or until the peer closes or breaks the
+    /// connection; other traffic is discarded. Cancel-safe: dropped between heartbeats
+    /// without losing anything that matters.
+    pub async fn next_event(&mut self) -> Event {
         match self {
-            Session::Tls(stream) => tls::closed(stream).await,
-            Session::Ws(session) => session.closed().await,
-            Session::Mqtt(session) => session.closed().await,
-            Session::H2(session) => session.closed().await,
+            Session::Tls(stream) => Event::Closed(tls::closed(stream).await),
+            Session::Ws(session) => Event::Closed(session.closed().await),
+            Session::Mqtt(session) => session.next_event().await,
+            Session::H2(session) => session.next_event().await,
+        }
+    }
+
+    /// Messages that arrived while a heartbeat waited for its answer (each one's age, as in
+    /// `Event::Message`), oldest first.
+    pub fn take_arrivals(&mut self) -> Vec<Option<u64>> {
+        match self {
+            Session::Mqtt(session) => std::mem::take(&mut session.arrivals),
+            Session::H2(session) => std::mem::take(&mut session.arrivals),
+            Session::Tls(_) | Session::Ws(_) => Vec::new(),
         }
     }
 }
@@ -167,8 +227,10 @@ pub enum Acceptor {
     Tcp,
     Tls(Arc<rustls::ServerConfig>),
     WebSocket(Arc<websocket::Server>),
-    Mqtt,
-    Http2,
+    /// Topics and their subscribers are shared by every connection of the sink process.
+    Mqtt(Arc<mqtt::Broker>),
+    /// With a push interval, every stream gets a stamped DATA frame that often.
+    Http2(Option<std::time::Duration>),
 }
 
 impl Acceptor {
@@ -178,8 +240,8 @@ impl Acceptor {
             Acceptor::Tls(_) => "tls",
             Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
             Acceptor::WebSocket(_) => "ws",
-            Acceptor::Mqtt => "mqtt",
-            Acceptor::Http2 => "h2",
+            Acceptor::Mqtt(_) => "mqtt",
+            Acceptor::Http2(_) => "h2",
         }
     }
 
@@ -197,8 +259,8 @@ impl Acceptor {
                 }
             }
             Acceptor::WebSocket(server) => server.serve(tcp, stats).await,
-            Acceptor::Mqtt => mqtt::serve(tcp, &stats.bytes).await,
-            Acceptor::Http2 => http2::serve(tcp, &stats.bytes).await,
+            Acceptor::Mqtt(broker) => mqtt::serve(tcp, broker, &stats.bytes).await,
+            Acceptor::Http2(push) => http2::serve(tcp, *push, &stats.bytes).await,
         }
     }
 }
@@ -213,6 +275,8 @@ pub struct SinkProtocol {
     pub key: Option<std::path::PathBuf>,
     /// WebSocket: upgrade only this path (others get 404); `None` accepts any.
     pub ws_path: Option<String>,
+    /// HTTP/2: send a stamped DATA frame on every stream this often.
+    pub push_interval: Option<std::time::Duration>,
 }
 
 /// Names `stampede sink --protocol` accepts.
@@ -239,6 +303,11 @@ impl SinkProtocol {
         };
         SinkProtocol {
             name: name.into(),
+            push_interval: profile
+                .protocol_options
+                .http2
+                .as_ref()
+                .and_then(|h| h.push_interval),
             ..SinkProtocol::default()
         }
     }
@@ -251,8 +320,8 @@ impl SinkProtocol {
         let tls = || tls::server_config(self.cert.as_deref(), self.key.as_deref());
         Ok(match self.name.as_str() {
             "tcp" => (Acceptor::Tcp, None),
-            "mqtt" => (Acceptor::Mqtt, None),
-            "h2" => (Acceptor::Http2, None),
+            "mqtt" => (Acceptor::Mqtt(Arc::new(mqtt::Broker::default())), None),
+            "h2" => (Acceptor::Http2(self.push_interval), None),
             "tls" => {
                 let (config, cert) = tls()?;
                 (Acceptor::Tls(config), Some(cert))

@@ -25,7 +25,8 @@ use crate::metrics::{
 
 /// Bumped whenever a message changes shape; peers with another version are refused.
 /// 2: a sixth histogram (handshake), five more error kinds and the protocol failure details.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: a seventh histogram (delivery) and the published / received message counts.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;

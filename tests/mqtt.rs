@@ -217,3 +217,121 @@ async fn a_storm_kicks_every_client_and_all_come_back_through_a_fresh_connect() 
         s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
     );
 }
+
+/// The fan-out probe reached exactly the subscribers of each message's topic: no more than
+/// `published x subscribers per topic`, and no fewer than that for the messages published
+/// after the last client subscribed and before the run ended (QoS 0 on loopback loses
+/// nothing else). Every message arrived stamped, so each one was timed.
+fn assert_fanout(s: &stampede::report::summary::Summary, n: u64, topics: u64, rate: f64) {
+    let per_topic = n / topics;
+    let m = &s.messages;
+    let duration = s.duration_s;
+    assert!(
+        m.published as f64 >= rate * (duration - 1.0),
+        "published {} in {duration} s at {rate}/s",
+        m.published
+    );
+    let all_subscribed = s.connections.last_established_s.unwrap();
+    let before = (rate * (all_subscribed + 0.25)).ceil() as u64;
+    let in_flight = (rate * 0.25).ceil() as u64;
+    let lower = m.published.saturating_sub(before + in_flight) * per_topic;
+    let upper = m.published * per_topic;
+    assert!(
+        (lower..=upper).contains(&m.received),
+        "received {} of {} published to {per_topic} subscribers each; expected {lower}..={upper}",
+        m.received,
+        m.published
+    );
+    assert_eq!(s.latency_us.delivery.count, m.received);
+}
+
+fn fanout_profile(target: Value, version: &str) -> Value {
+    profile(
+        target,
+        300,
+        json!({"version": version, "subscribe": true,
+               "fanout": {"topics": 10, "rate": 100, "payload_bytes": 200}}),
+        hold(3000, "2s"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_each_topics_subscribers_and_times_delivery_against_the_sink() {
+    for version in ["3.1.1", "5"] {
+        let result = run_json(&fanout_profile(json!("embedded"), version), false, None).await;
+        let s = &result.summary;
+        assert_clean_hold(s, 300);
+        assert_fanout(s, 300, 10, 100.0);
+        eprintln!(
+            "fan-out {version} (sink): {:?}, delivery p50 {:?} us p99 {:?} us",
+            s.messages, s.latency_us.delivery.p50, s.latency_us.delivery.p99
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_through_a_real_mosquitto() {
+    let broker = Mosquitto::start(true);
+    for version in ["3.1.1", "5"] {
+        let target = json!({"addrs": [broker.addr.to_string()]});
+        let result = run_json(&fanout_profile(target, version), false, None).await;
+        let s = &result.summary;
+        assert_clean_hold(s, 300);
+        assert_fanout(s, 300, 10, 100.0);
+        eprintln!(
+            "fan-out {version} (mosquitto): {:?}, delivery p50 {:?} us p99 {:?} us",
+            s.messages, s.latency_us.delivery.p50, s.latency_us.delivery.p99
+        );
+    }
+}
+
+/// A local swarm of two agents: each runs its own publisher at half the rate, for its own
+/// subscribers on its own topics, so every message reaches the 10 subscribers of its topic in
+/// its agent and none in the other (shared topics would double `received`).
+#[test]
+fn each_agent_of_a_swarm_publishes_for_its_own_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fanout.json");
+    let mut p = fanout_profile(json!("embedded"), "5");
+    p["connections"] = json!(200);
+    std::fs::write(&file, p.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let status = common::bin()
+        .args(["run", "--agents", "2", "--headless", "--quiet", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let s = common::read_json(&out.join("summary.json"));
+    let published = s["messages"]["published"].as_u64().unwrap();
+    let received = s["messages"]["received"].as_u64().unwrap();
+    let duration = s["duration_s"].as_f64().unwrap();
+    let last = s["connections"]["last_established_s"].as_f64().unwrap();
+    assert_eq!(
+        s["errors"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| v != &&json!(0))
+            .count(),
+        0
+    );
+    assert!(
+        published as f64 >= 100.0 * (duration - 1.0),
+        "{published} in {duration} s"
+    );
+    let per_topic = 10;
+    let upper = published * per_topic;
+    let lower = published.saturating_sub((100.0 * (last + 0.5)).ceil() as u64) * per_topic;
+    assert!(
+        (lower..=upper).contains(&received),
+        "received {received} of {published}; expected {lower}..={upper}"
+    );
+    assert_eq!(
+        s["latency_us"]["delivery"]["count"].as_u64(),
+        Some(received)
+    );
+}

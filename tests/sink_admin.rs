@@ -683,6 +683,25 @@ fn sink_refuses_bad_start_settings() {
         (&["--close-rate", "0"][..], "\"0\""),
         (&["--lifetime", "0s"][..], "\"0s\""),
         (&["--admin", "nowhere"][..], "nowhere"),
+        (
+            &["--push-interval", "1s"][..],
+            "--push-interval needs --protocol h2",
+        ),
+        (
+            &[
+                "--push-interval",
+                "1s",
+                "--protocol",
+                "ws",
+                "--workers",
+                "2",
+            ][..],
+            "--push-interval needs --protocol h2",
+        ),
+        (
+            &["--push-interval", "soon", "--protocol", "h2"][..],
+            "\"soon\"",
+        ),
     ] {
         let out = bin()
             .args(["sink", "--listen", "127.0.0.1:0", "--quiet"])

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, micros};
 use super::shard::Shard;
 use crate::metrics::{ErrorDetail, ErrorKind, Latency};
-use crate::protocol::{Failure, Session};
+use crate::protocol::{Event, Failure, Session};
 
 /// Runs slot `slot` from `intended` until it is given up, stopped by the plan, or the run
 /// ends; the counterpart of `conn::run`.
@@ -45,6 +45,28 @@ pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnec
     }
 }
 
+/// A TCP connection from source `source` to target `target` of the plan's pool, established
+/// by `deadline`.
+pub(crate) async fn connect(
+    shard: &Shard,
+    source: usize,
+    target: usize,
+    deadline: Instant,
+) -> Result<tokio::net::TcpStream, ErrorKind> {
+    let pool = &shard.plan.pool;
+    let stream =
+        super::socket::start_connect(pool.sources[source], pool.targets[target], pool.port_range)
+            .map_err(|e| ErrorKind::from_io(&e))?;
+    match timeout_at(deadline, stream.writable()).await {
+        Err(_) => Err(ErrorKind::ConnectTimeout),
+        Ok(Err(e)) => Err(ErrorKind::from_io(&e)),
+        Ok(Ok(())) => match stream.take_error() {
+            Ok(None) => Ok(stream),
+            Ok(Some(e)) | Err(e) => Err(ErrorKind::from_io(&e)),
+        },
+    }
+}
+
 /// Connects and handshakes; every failure is counted here.
 async fn establish(
     shard: &Shard,
@@ -65,29 +87,15 @@ async fn establish(
             data.first_attempt_us = Some(micros(began.saturating_duration_since(shard.start)));
         }
     }
-    let pool = &shard.plan.pool;
-    let target_addr = pool.targets[target];
-    let stream =
-        match super::socket::start_connect(pool.sources[source], target_addr, pool.port_range) {
-            Ok(stream) => stream,
-            Err(e) => {
-                shard.fail(source, target, ErrorKind::from_io(&e));
-                return None;
-            }
-        };
+    let target_addr = shard.plan.pool.targets[target];
     let connect_timeout = shard.plan.connect_timeout;
-    let connected = match timeout_at(began + connect_timeout, stream.writable()).await {
-        Err(_) => Err(ErrorKind::ConnectTimeout),
-        Ok(Err(e)) => Err(ErrorKind::from_io(&e)),
-        Ok(Ok(())) => match stream.take_error() {
-            Ok(None) => Ok(()),
-            Ok(Some(e)) | Err(e) => Err(ErrorKind::from_io(&e)),
-        },
+    let stream = match connect(shard, source, target, began + connect_timeout).await {
+        Ok(stream) => stream,
+        Err(kind) => {
+            shard.fail(source, target, kind);
+            return None;
+        }
     };
-    if let Err(kind) = connected {
-        shard.fail(source, target, kind);
-        return None;
-    }
     let tcp_done = Instant::now();
     let service = tcp_done - began;
     {
@@ -161,8 +169,21 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Holds an established session: heartbeats if the plan has them, and in any case notices at
-/// once when the peer goes away.
+/// Records server-sent messages: each counts as received, and its age (when it was stamped)
+/// goes to `delivery`.
+fn arrived(shard: &Shard, source: usize, target: usize, ages: &[Option<u64>]) {
+    if ages.is_empty() {
+        return;
+    }
+    let mut data = shard.data.borrow_mut();
+    data.count(source, target, |c| c.received += ages.len() as u64);
+    for age in ages.iter().flatten() {
+        data.latency.record(Latency::Delivery, *age);
+    }
+}
+
+/// Holds an established session: heartbeats if the plan has them, records what the server
+/// sends, and in any case notices at once when the peer goes away.
 async fn hold(
     shard: &Shard,
     mut session: Session,
@@ -171,14 +192,27 @@ async fn hold(
     set: usize,
 ) -> Result<(), Failure> {
     let _open = Open::new(shard, slot, set, fd);
-    let Some(heartbeat) = shard.plan.heartbeat else {
-        return Err(session.closed().await);
-    };
     let (source, target) = shard.plan.pool.pair_in(slot, set);
+    // Messages that came with the handshake's answers.
+    arrived(shard, source, target, &session.take_arrivals());
+    let Some(heartbeat) = shard.plan.heartbeat else {
+        loop {
+            match session.next_event().await {
+                Event::Closed(failure) => return Err(failure),
+                Event::Message(age) => arrived(shard, source, target, &[age]),
+            }
+        }
+    };
     let mut scheduled = Instant::now() + heartbeat_offset(slot, heartbeat.interval);
     loop {
         tokio::select! {
-            failure = session.closed() => return Err(failure),
+            event = session.next_event() => match event {
+                Event::Closed(failure) => return Err(failure),
+                Event::Message(age) => {
+                    arrived(shard, source, target, &[age]);
+                    continue;
+                }
+            },
             () = sleep_until(scheduled) => {}
         }
         let sent_at = Instant::now();
@@ -186,12 +220,13 @@ async fn hold(
             .data
             .borrow_mut()
             .count(source, target, |c| c.heartbeats_sent += 1);
-        match timeout_at(
+        let answer = timeout_at(
             sent_at + heartbeat.timeout,
             session.heartbeat(&shard.payload),
         )
-        .await
-        {
+        .await;
+        arrived(shard, source, target, &session.take_arrivals());
+        match answer {
             Err(_) => return Err(Failure::kind(ErrorKind::HeartbeatTimeout)),
             Ok(Err(failure)) => return Err(failure),
             Ok(Ok(())) => {}

@@ -166,6 +166,9 @@ pub(crate) async fn run(
         crate::protocol::Connector::Tcp => super::table::Table::new(worker, workers).ok(),
         _ => None,
     };
+    // The first worker of each agent runs its fan-out publisher, if the profile has one.
+    let publisher = (worker == 0 && super::publisher::wanted(&shard))
+        .then(|| tokio::task::spawn_local(super::publisher::run(shard.clone())).abort_handle());
     let total = timeline::total(&plan.spans);
     let mut schedule = WorkerSchedule::new(&plan.profile, &plan.spans, worker, workers).peekable();
     // Slot `s` of this shard lives at index `s / workers`.
@@ -293,6 +296,9 @@ pub(crate) async fn run(
     }
     let open_before_teardown = shard.open.get();
     shard.tearing_down.set(true);
+    if let Some(publisher) = publisher {
+        publisher.abort();
+    }
     if let Some(table) = table.as_mut() {
         table.teardown(&shard);
     }

@@ -112,7 +112,28 @@ pub struct MqttOptions {
     pub topic_prefix: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The push-path probe: a publisher per agent, and every client subscribed to one of its
+    /// topics.
+    pub fanout: Option<Fanout>,
 }
+
+/// The MQTT fan-out probe. Each agent runs one publisher connection that sends `rate` (its
+/// share of it) QoS 0 messages a second, round-robin over `topics` topics
+/// `{topic_prefix}/fanout/{agent}/{k}`; connection slot `s` subscribes to topic `s % topics`.
+/// Each message carries its scheduled send time, so the swarm measures publish-to-receive
+/// latency on one clock: a publisher and its subscribers are in one process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fanout {
+    pub topics: u32,
+    /// Messages a second across the whole run; agents split it like connections.
+    pub rate: f64,
+    pub payload_bytes: usize,
+}
+
+/// Smallest fan-out payload: the stamp (a marker and the send time) must fit.
+pub const MIN_STAMPED_PAYLOAD: usize = 16;
+/// Largest fan-out payload: the packet must fit under the client's packet limit.
+pub const MAX_FANOUT_PAYLOAD: usize = 60 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Http2Options {
@@ -122,6 +143,9 @@ pub struct Http2Options {
     pub authority: Option<String>,
     /// Extra request headers (lower-case names, as HTTP/2 requires).
     pub headers: BTreeMap<String, String>,
+    /// The embedded sink sends a stamped DATA frame on every stream this often; a real
+    /// server sends what it sends, and its frames are counted (and timed when stamped).
+    pub push_interval: Option<std::time::Duration>,
 }
 
 /// Everything protocol-specific in a profile. `None` for protocols the profile does not use.
@@ -162,6 +186,18 @@ pub(super) struct RawMqtt {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    fanout: Option<RawFanout>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFanout {
+    #[serde(default)]
+    topics: Option<u64>,
+    rate: f64,
+    #[serde(default)]
+    payload_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +209,8 @@ pub(super) struct RawHttp2 {
     authority: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    push_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,12 +378,13 @@ fn validate_mqtt(raw: RawMqtt, heartbeat: Option<&Heartbeat>) -> Result<MqttOpti
             ),
         ));
     }
-    if raw.topic_prefix.is_some() && raw.subscribe != Some(true) {
+    if raw.topic_prefix.is_some() && raw.subscribe != Some(true) && raw.fanout.is_none() {
         return Err(ProfileError::at(
             "mqtt.topic_prefix",
-            "given, but nothing subscribes; add \"subscribe\": true or remove \"topic_prefix\"",
+            "given, but nothing subscribes; add \"subscribe\": true or \"fanout\", or remove \"topic_prefix\"",
         ));
     }
+    let fanout = raw.fanout.map(validate_fanout).transpose()?;
     let topic_prefix = raw.topic_prefix.unwrap_or_else(|| "stampede".into());
     if topic_prefix.is_empty()
         || topic_prefix.contains(['+', '#', '\0'])
@@ -400,6 +439,40 @@ fn validate_mqtt(raw: RawMqtt, heartbeat: Option<&Heartbeat>) -> Result<MqttOpti
         topic_prefix,
         username: raw.username,
         password: raw.password,
+        fanout,
+    })
+}
+
+fn validate_fanout(raw: RawFanout) -> Result<Fanout, ProfileError> {
+    let topics = raw.topics.unwrap_or(1);
+    if !(1..=1_000_000).contains(&topics) {
+        return Err(ProfileError::at(
+            "mqtt.fanout.topics",
+            format!("{topics} is out of range; expected 1 to 1000000 topics"),
+        ));
+    }
+    if !(raw.rate.is_finite() && raw.rate > 0.0 && raw.rate <= 1_000_000.0) {
+        return Err(ProfileError::at(
+            "mqtt.fanout.rate",
+            format!(
+                "{} is out of range; expected messages a second above 0 and at most 1000000, e.g. 100",
+                raw.rate
+            ),
+        ));
+    }
+    let payload_bytes = raw.payload_bytes.unwrap_or(64);
+    if !(MIN_STAMPED_PAYLOAD as u64..=MAX_FANOUT_PAYLOAD as u64).contains(&payload_bytes) {
+        return Err(ProfileError::at(
+            "mqtt.fanout.payload_bytes",
+            format!(
+                "{payload_bytes} is out of range; expected {MIN_STAMPED_PAYLOAD} (room for the send-time stamp) to {MAX_FANOUT_PAYLOAD}"
+            ),
+        ));
+    }
+    Ok(Fanout {
+        topics: topics as u32,
+        rate: raw.rate,
+        payload_bytes: payload_bytes as usize,
     })
 }
 
@@ -439,10 +512,15 @@ fn validate_http2(raw: RawHttp2) -> Result<Http2Options, ProfileError> {
             ));
         }
     }
+    let push_interval = raw
+        .push_interval
+        .map(|text| super::duration_at("http2.push_interval", &text))
+        .transpose()?;
     Ok(Http2Options {
         path,
         authority: raw.authority,
         headers: raw.headers,
+        push_interval,
     })
 }
 

@@ -8,16 +8,23 @@ use super::duration::{DURATION_HINT, parse_duration};
 use crate::metrics::ErrorKind;
 
 /// The latency families a threshold can name, with their histogram tag.
-pub const LATENCY_METRICS: [&str; 4] = ["connect", "connect_service", "heartbeat", "handshake"];
+pub const LATENCY_METRICS: [&str; 5] = [
+    "connect",
+    "connect_service",
+    "heartbeat",
+    "handshake",
+    "delivery",
+];
 /// Statistics of a latency family: `connect_p99`, `heartbeat_max`, ...
 pub const LATENCY_STATS: [&str; 6] = ["p50", "p90", "p99", "p999", "max", "mean"];
 /// Plain counters and ratios.
-pub const COUNT_METRICS: [&str; 5] = [
+pub const COUNT_METRICS: [&str; 6] = [
     "errors",
     "established_ratio",
     "established",
     "attempts",
     "peak_open",
+    "received",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +72,8 @@ pub enum Subject {
     Established,
     Attempts,
     PeakOpen,
+    /// Server-sent messages that arrived (`messages.received`).
+    Received,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +160,7 @@ fn parse_subject(metric: &str) -> Result<Subject, String> {
         "established" => return Ok(Subject::Established),
         "attempts" => return Ok(Subject::Attempts),
         "peak_open" => return Ok(Subject::PeakOpen),
+        "received" => return Ok(Subject::Received),
         _ => {}
     }
     if let Some(kind) = metric.strip_prefix("errors.") {

@@ -1,8 +1,9 @@
 //! HTTP/2 with the h2 crate, cleartext with prior knowledge (h2c): one long-lived streaming
 //! GET per connection whose response the server never ends, HTTP/2 PING as the heartbeat,
-//! server-sent DATA frames counted per session, GOAWAY as `h2_goaway` and RST_STREAM as
-//! `h2_reset` with the HTTP/2 error code as the detail; and the sink's side (answers 200, sends
-//! one DATA frame, keeps the stream open; h2 acks PINGs itself).
+//! server-sent DATA frames reported as messages (timed when stamped), GOAWAY as `h2_goaway`
+//! and RST_STREAM as `h2_reset` with the HTTP/2 error code as the detail; and the sink's side
+//! (answers 200, sends a stamped DATA frame at once and, if asked, every push interval, keeps
+//! the stream open; h2 acks PINGs itself).
 //!
 //! h2 needs its `Connection` polled to move any frame, and there is no task per connection
 //! here to spawn it on: every wait of a session polls the connection alongside what it waits
@@ -17,7 +18,7 @@ use h2::client::{Connection, SendRequest};
 use h2::{Ping, PingPong, RecvStream};
 use tokio::net::TcpStream;
 
-use super::Failure;
+use super::{Event, Failure};
 use crate::metrics::{ErrorDetail, ErrorKind};
 use crate::profile::protocol::Http2Options;
 
@@ -80,7 +81,7 @@ impl Client {
             _send: send,
             ping,
             body: response.into_body(),
-            frames: 0,
+            arrivals: Vec::new(),
         })
     }
 }
@@ -120,44 +121,41 @@ pub struct Session {
     _send: SendRequest<Bytes>,
     ping: PingPong,
     body: RecvStream,
-    /// DATA frames the server sent on the stream.
-    frames: u64,
+    /// DATA frames that arrived while a heartbeat waited (see
+    /// `protocol::Session::take_arrivals`).
+    pub(super) arrivals: Vec<Option<u64>>,
 }
 
 /// What one wait saw besides its own answer.
-enum Event {
-    Data,
+enum Seen {
+    /// A DATA frame: its age when stamped.
+    Data(Option<u64>),
     Pong,
     Ended(Failure),
 }
 
 impl Session {
-    /// DATA frames received so far.
-    pub fn frames(&self) -> u64 {
-        self.frames
-    }
-
     /// Polls the connection, the stream and (if `pong`) the PING answer; returns the first
     /// thing that happened. Every branch is poll-based, so dropping it loses nothing.
-    async fn event(&mut self, pong: bool) -> Event {
+    async fn event(&mut self, pong: bool) -> Seen {
         let Session {
             conn, ping, body, ..
         } = self;
         tokio::select! {
-            ended = conn => Event::Ended(ended_with(ended)),
+            ended = conn => Seen::Ended(ended_with(ended)),
             data = body.data() => match data {
                 Some(Ok(bytes)) => {
                     // Give the window back, or the server stalls after 64 KiB.
                     let _ = body.flow_control().release_capacity(bytes.len());
-                    Event::Data
+                    Seen::Data(super::stamp_age_us(&bytes))
                 }
-                Some(Err(e)) => Event::Ended(classify(&e)),
+                Some(Err(e)) => Seen::Ended(classify(&e)),
                 // The server ended the stream: the push channel is gone.
-                None => Event::Ended(Failure::kind(ErrorKind::ClosedByPeer)),
+                None => Seen::Ended(Failure::kind(ErrorKind::ClosedByPeer)),
             },
             answered = std::future::poll_fn(|cx| ping.poll_pong(cx)), if pong => match answered {
-                Ok(_) => Event::Pong,
-                Err(e) => Event::Ended(classify(&e)),
+                Ok(_) => Seen::Pong,
+                Err(e) => Seen::Ended(classify(&e)),
             },
         }
     }
@@ -169,30 +167,40 @@ impl Session {
             .map_err(|e| classify(&e))?;
         loop {
             match self.event(true).await {
-                Event::Pong => return Ok(()),
-                Event::Data => self.frames += 1,
-                Event::Ended(failure) => return Err(failure),
+                Seen::Pong => return Ok(()),
+                Seen::Data(age) => self.arrivals.push(age),
+                Seen::Ended(failure) => return Err(failure),
             }
         }
     }
 
-    pub async fn closed(&mut self) -> Failure {
+    /// The next DATA frame, or the end of the connection.
+    pub async fn next_event(&mut self) -> Event {
         loop {
             match self.event(false).await {
-                Event::Data => self.frames += 1,
-                Event::Pong => {}
-                Event::Ended(failure) => return failure,
+                Seen::Data(age) => return Event::Message(age),
+                Seen::Pong => {}
+                Seen::Ended(failure) => return Event::Closed(failure),
             }
         }
     }
 }
 
-/// The first DATA frame the sink sends on each stream.
-const HELLO: &[u8] = b"stampede h2 stream open\n";
+/// What follows the stamp in the sink's DATA frames.
+const PUSH_TEXT: &[u8] = b" stampede h2 push\n";
 
-/// The sink's HTTP/2 side: answers every request 200 with one DATA frame and keeps its stream
-/// open until the client goes. `bytes` counts DATA bytes sent.
-pub async fn serve(tcp: TcpStream, bytes: &AtomicU64) {
+/// A DATA frame stamped with the time it is sent.
+fn stamped_frame() -> Bytes {
+    let mut frame = vec![0u8; super::STAMP_LEN + PUSH_TEXT.len()];
+    super::write_stamp(&mut frame, super::unix_ns_now());
+    frame[super::STAMP_LEN..].copy_from_slice(PUSH_TEXT);
+    Bytes::from(frame)
+}
+
+/// The sink's HTTP/2 side: answers every request 200 with a stamped DATA frame, sends another
+/// on every open stream each `push_interval` if given, and keeps its streams open until the
+/// client goes. `bytes` counts DATA bytes sent.
+pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, bytes: &AtomicU64) {
     let Ok(mut conn) = h2::server::Builder::new()
         .initial_window_size(64 * 1024)
         .max_send_buffer_size(16 * 1024)
@@ -202,15 +210,47 @@ pub async fn serve(tcp: TcpStream, bytes: &AtomicU64) {
         return;
     };
     // Open streams' send halves: dropping one would reset its stream.
-    let mut streams = Vec::new();
-    while let Some(Ok((_request, mut respond))) = conn.accept().await {
-        let response = http::Response::new(());
-        let Ok(mut send) = respond.send_response(response, false) else {
-            continue;
-        };
-        if send.send_data(Bytes::from_static(HELLO), false).is_ok() {
-            bytes.fetch_add(HELLO.len() as u64, Ordering::Relaxed);
+    let mut streams: Vec<h2::SendStream<Bytes>> = Vec::new();
+    let mut push = push_interval.map(|every| {
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer
+    });
+    let send_stamped = |send: &mut h2::SendStream<Bytes>| {
+        let frame = stamped_frame();
+        let len = frame.len() as u64;
+        // Past the client's window h2 queues frames; at a few dozen bytes per push interval a
+        // client that stops reading costs little before its connection is gone.
+        if send.send_data(frame, false).is_ok() {
+            bytes.fetch_add(len, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
-        streams.push(send);
+    };
+    loop {
+        let tick = async {
+            match push.as_mut() {
+                Some(timer) => timer.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = conn.accept() => {
+                let Some(Ok((_request, mut respond))) = accepted else {
+                    return;
+                };
+                let response = http::Response::new(());
+                let Ok(mut send) = respond.send_response(response, false) else {
+                    continue;
+                };
+                send_stamped(&mut send);
+                streams.push(send);
+            }
+            _ = tick => {
+                // A stream the client reset refuses data: let it go.
+                streams.retain_mut(|send| send_stamped(send));
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! MQTT 3.1.1 and 5 over TCP: CONNECT / CONNACK with a client id unique across the swarm,
-//! PINGREQ / PINGRESP as the heartbeat, an optional SUBSCRIBE to a per-client topic, a refusing
-//! CONNACK classified as `mqtt_connack_refused` with its reason code, and the sink's minimal
-//! broker side (CONNACK, PINGRESP, SUBACK).
+//! PINGREQ / PINGRESP as the heartbeat, an optional SUBSCRIBE to a per-client topic and to a
+//! fan-out topic, PUBLISH packets received (and timed when stamped), the fan-out publisher, a
+//! refusing CONNACK classified as `mqtt_connack_refused` with its reason code, and the sink's
+//! minimal broker side (CONNACK, PINGRESP, SUBACK, and PUBLISH routed to the subscribers of
+//! its exact topic).
 //!
 //! Packets are encoded and decoded by the `mqttbytes` modules that rumqttc ships (`v4` for
 //! 3.1.1, `v5`), not by a hand-written codec: they cover both protocol levels with one API,
@@ -10,15 +12,18 @@
 //! `mqttrs` (3.1.1 only). rumqttc is built without default features: only its codec and its
 //! small tokio-based dependencies come in; its event loop is never used.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
-use super::Failure;
+use super::{Event, Failure};
 use crate::metrics::{ErrorDetail, ErrorKind};
 use crate::profile::protocol::{MqttOptions, MqttVersion};
 
@@ -48,6 +53,44 @@ impl Client {
     /// `{prefix}-{agent}-{slot}`: slots are unique within an agent, agents within a swarm.
     pub fn client_id(&self, slot: u64) -> String {
         format!("{}-{}-{slot}", self.options.client_id_prefix, self.agent)
+    }
+
+    /// The fan-out probe's settings, if the profile asks for it.
+    pub fn fanout(&self) -> Option<&crate::profile::protocol::Fanout> {
+        self.options.fanout.as_ref()
+    }
+
+    pub fn keep_alive_s(&self) -> u16 {
+        self.options.keep_alive_s
+    }
+
+    /// Fan-out topic `k` of this agent's publisher: `{topic_prefix}/fanout/{agent}/{k}`.
+    pub fn fanout_topic(&self, k: u32) -> String {
+        format!("{}/fanout/{}/{k}", self.options.topic_prefix, self.agent)
+    }
+
+    /// What slot `slot` subscribes to: its own topic if asked, and its fan-out topic.
+    fn topics(&self, slot: u64, client_id: &str) -> Vec<String> {
+        let mut topics = Vec::new();
+        if self.options.subscribe {
+            topics.push(format!("{}/{client_id}", self.options.topic_prefix));
+        }
+        if let Some(fanout) = &self.options.fanout {
+            topics.push(self.fanout_topic((slot % u64::from(fanout.topics)) as u32));
+        }
+        topics
+    }
+
+    /// The fan-out publisher's connection: CONNECT as `{prefix}-{agent}-pub`, no subscription.
+    pub async fn publisher(&self, mut tcp: TcpStream) -> Result<Session, Failure> {
+        let client_id = format!("{}-{}-pub", self.options.client_id_prefix, self.agent);
+        // Small messages at a steady rate: Nagle's algorithm would hold them back.
+        let _ = tcp.set_nodelay(true);
+        let connect = self.connect_packet(client_id)?;
+        tcp.write_all(&connect).await.map_err(|e| Failure::io(&e))?;
+        let mut session = Session::new(tcp, self.options.version);
+        session.connack().await?;
+        Ok(session)
     }
 
     fn connect_packet(&self, client_id: String) -> Result<BytesMut, Failure> {
@@ -98,73 +141,59 @@ impl Client {
     /// CONNECT, CONNACK, and SUBSCRIBE / SUBACK if asked for.
     pub async fn handshake(&self, mut tcp: TcpStream, slot: u64) -> Result<Session, Failure> {
         let client_id = self.client_id(slot);
-        let topic = self
-            .options
-            .subscribe
-            .then(|| format!("{}/{client_id}", self.options.topic_prefix));
+        let topics = self.topics(slot, &client_id);
         let connect = self.connect_packet(client_id)?;
         tcp.write_all(&connect).await.map_err(|e| Failure::io(&e))?;
-        let mut session = Session {
-            tcp,
-            buf: BytesMut::with_capacity(256),
-            version: self.options.version,
-        };
-        // The first packet a broker sends must be the CONNACK.
-        match session.next().await? {
-            Incoming::ConnAck(0) => {}
-            Incoming::ConnAck(code) => {
-                return Err(Failure {
-                    kind: ErrorKind::MqttConnackRefused,
-                    detail: Some(ErrorDetail::ReasonCode(code)),
-                });
-            }
-            Incoming::Disconnect => return Err(Failure::kind(ErrorKind::ClosedByPeer)),
-            _ => return Err(Failure::kind(ErrorKind::Other)),
+        let mut session = Session::new(tcp, self.options.version);
+        session.connack().await?;
+        if topics.is_empty() {
+            return Ok(session);
         }
-        if let Some(topic) = topic {
-            let mut buf = BytesMut::with_capacity(64);
-            let written = match session.version {
-                // Packet id 0 is not allowed; this is the connection's only SUBSCRIBE.
-                MqttVersion::V311 => {
-                    let mut subscribe =
-                        v4::Subscribe::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce);
-                    subscribe.pkid = 1;
-                    v4::Packet::Subscribe(subscribe)
-                        .write(&mut buf, MAX_PACKET)
-                        .is_ok()
-                }
-                MqttVersion::V5 => {
-                    let mut subscribe = v5::Subscribe::new(
-                        v5::Filter::new(topic, rumqttc::v5::mqttbytes::QoS::AtMostOnce),
-                        None,
-                    );
-                    subscribe.pkid = 1;
-                    v5::Packet::Subscribe(subscribe)
-                        .write(&mut buf, None)
-                        .is_ok()
-                }
-            };
-            if !written {
-                return Err(Failure::kind(ErrorKind::Other));
+        let mut buf = BytesMut::with_capacity(64);
+        // Packet id 0 is not allowed; this is the connection's only SUBSCRIBE.
+        let written = match session.version {
+            MqttVersion::V311 => {
+                let filters = topics
+                    .into_iter()
+                    .map(|t| v4::SubscribeFilter::new(t, rumqttc::mqttbytes::QoS::AtMostOnce));
+                let mut subscribe = v4::Subscribe::new_many(filters);
+                subscribe.pkid = 1;
+                v4::Packet::Subscribe(subscribe)
+                    .write(&mut buf, MAX_PACKET)
+                    .is_ok()
             }
-            session
-                .tcp
-                .write_all(&buf)
-                .await
-                .map_err(|e| Failure::io(&e))?;
-            loop {
-                match session.next().await? {
-                    Incoming::SubAck { granted: true } => break,
-                    // A broker refusing the subscription is refusing this client's session.
-                    Incoming::SubAck { granted: false } => {
-                        return Err(Failure {
-                            kind: ErrorKind::MqttConnackRefused,
-                            detail: Some(ErrorDetail::ReasonCode(0x80)),
-                        });
-                    }
-                    Incoming::Disconnect => return Err(Failure::kind(ErrorKind::ClosedByPeer)),
-                    _ => {}
+            MqttVersion::V5 => {
+                let filters = topics
+                    .into_iter()
+                    .map(|t| v5::Filter::new(t, rumqttc::v5::mqttbytes::QoS::AtMostOnce));
+                let mut subscribe = v5::Subscribe::new_many(filters, None);
+                subscribe.pkid = 1;
+                v5::Packet::Subscribe(subscribe)
+                    .write(&mut buf, None)
+                    .is_ok()
+            }
+        };
+        if !written {
+            return Err(Failure::kind(ErrorKind::Other));
+        }
+        session
+            .tcp
+            .write_all(&buf)
+            .await
+            .map_err(|e| Failure::io(&e))?;
+        loop {
+            match session.next().await? {
+                Incoming::SubAck { granted: true } => break,
+                // A broker refusing the subscription is refusing this client's session.
+                Incoming::SubAck { granted: false } => {
+                    return Err(Failure {
+                        kind: ErrorKind::MqttConnackRefused,
+                        detail: Some(ErrorDetail::ReasonCode(0x80)),
+                    });
                 }
+                Incoming::Disconnect => return Err(Failure::kind(ErrorKind::ClosedByPeer)),
+                Incoming::Publish(age) => session.arrivals.push(age),
+                _ => {}
             }
         }
         Ok(session)
@@ -181,7 +210,9 @@ enum Incoming {
         granted: bool,
     },
     Disconnect,
-    /// PUBLISH and anything else a held client just lets pass.
+    /// A PUBLISH: its age in microseconds when it carried a send-time stamp.
+    Publish(Option<u64>),
+    /// Anything else a held client just lets pass.
     Other,
 }
 
@@ -191,9 +222,34 @@ pub struct Session {
     /// Bytes read but not yet decoded. Kept across calls, so cancelling a read loses nothing.
     buf: BytesMut,
     version: MqttVersion,
+    /// PUBLISH packets that arrived while a handshake or heartbeat waited (see
+    /// `protocol::Session::take_arrivals`).
+    pub(super) arrivals: Vec<Option<u64>>,
 }
 
 impl Session {
+    fn new(tcp: TcpStream, version: MqttVersion) -> Session {
+        Session {
+            tcp,
+            buf: BytesMut::with_capacity(256),
+            version,
+            arrivals: Vec::new(),
+        }
+    }
+
+    /// The first packet a broker sends must be the CONNACK.
+    async fn connack(&mut self) -> Result<(), Failure> {
+        match self.next().await? {
+            Incoming::ConnAck(0) => Ok(()),
+            Incoming::ConnAck(code) => Err(Failure {
+                kind: ErrorKind::MqttConnackRefused,
+                detail: Some(ErrorDetail::ReasonCode(code)),
+            }),
+            Incoming::Disconnect => Err(Failure::kind(ErrorKind::ClosedByPeer)),
+            _ => Err(Failure::kind(ErrorKind::Other)),
+        }
+    }
+
     /// Decodes the next packet, reading more as needed.
     async fn next(&mut self) -> Result<Incoming, Failure> {
         loop {
@@ -222,19 +278,58 @@ impl Session {
             match self.next().await? {
                 Incoming::PingResp => return Ok(()),
                 Incoming::Disconnect => return Err(Failure::kind(ErrorKind::ClosedByPeer)),
+                Incoming::Publish(age) => self.arrivals.push(age),
                 _ => {}
             }
         }
     }
 
-    pub async fn closed(&mut self) -> Failure {
+    /// The next PUBLISH, or the end of the connection.
+    pub async fn next_event(&mut self) -> Event {
         loop {
             match self.next().await {
-                Err(failure) => return failure,
-                Ok(Incoming::Disconnect) => return Failure::kind(ErrorKind::ClosedByPeer),
+                Err(failure) => return Event::Closed(failure),
+                Ok(Incoming::Disconnect) => {
+                    return Event::Closed(Failure::kind(ErrorKind::ClosedByPeer));
+                }
+                Ok(Incoming::Publish(age)) => return Event::Message(age),
                 Ok(_) => {}
             }
         }
+    }
+
+    /// A QoS 0 PUBLISH of `payload` to `topic`.
+    pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), Failure> {
+        let mut buf = BytesMut::with_capacity(payload.len() + topic.len() + 16);
+        let written = match self.version {
+            MqttVersion::V311 => v4::Packet::Publish(v4::Publish::new(
+                topic,
+                rumqttc::mqttbytes::QoS::AtMostOnce,
+                payload,
+            ))
+            .write(&mut buf, MAX_PACKET)
+            .is_ok(),
+            MqttVersion::V5 => v5::Packet::Publish(v5::Publish::new(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                Bytes::copy_from_slice(payload),
+                None,
+            ))
+            .write(&mut buf, None)
+            .is_ok(),
+        };
+        if !written {
+            return Err(Failure::kind(ErrorKind::Other));
+        }
+        self.tcp.write_all(&buf).await.map_err(|e| Failure::io(&e))
+    }
+
+    /// A PINGREQ whose answer nobody waits for: keeps an idle publisher's session alive.
+    pub async fn ping(&mut self) -> Result<(), Failure> {
+        self.tcp
+            .write_all(&[0xC0, 0x00])
+            .await
+            .map_err(|e| Failure::io(&e))
     }
 }
 
@@ -252,6 +347,9 @@ fn decode(version: MqttVersion, buf: &mut BytesMut) -> Result<Option<Incoming>, 
                     .all(|c| matches!(c, v4::SubscribeReasonCode::Success(_))),
             })),
             Ok(v4::Packet::Disconnect) => Ok(Some(Incoming::Disconnect)),
+            Ok(v4::Packet::Publish(p)) => {
+                Ok(Some(Incoming::Publish(super::stamp_age_us(&p.payload))))
+            }
             Ok(_) => Ok(Some(Incoming::Other)),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             // A return code the codec does not know is still a refusal, and says which.
@@ -270,6 +368,9 @@ fn decode(version: MqttVersion, buf: &mut BytesMut) -> Result<Option<Incoming>, 
                     .all(|c| matches!(c, v5::SubscribeReasonCode::Success(_))),
             })),
             Ok(v5::Packet::Disconnect(_)) => Ok(Some(Incoming::Disconnect)),
+            Ok(v5::Packet::Publish(p)) => {
+                Ok(Some(Incoming::Publish(super::stamp_age_us(&p.payload))))
+            }
             Ok(_) => Ok(Some(Incoming::Other)),
             Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             Err(rumqttc::v5::mqttbytes::Error::InvalidConnectReturnCode(code)) => {
@@ -313,15 +414,165 @@ fn v5_code(code: v5::ConnectReturnCode) -> u8 {
     }
 }
 
+/// The sink's topics: who subscribed to what, shared by every connection of the process.
+/// Topics match exactly (no wildcards); delivery is QoS 0, so a subscriber whose queue is
+/// full loses the message, as a broker may drop QoS 0 traffic for a slow client.
+#[derive(Default)]
+pub struct Broker {
+    topics: Mutex<HashMap<String, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+}
+
+struct Subscriber {
+    connection: u64,
+    version: MqttVersion,
+    outbox: mpsc::Sender<Bytes>,
+}
+
+/// Packets queued for one subscriber before further messages to it are dropped.
+const OUTBOX: usize = 64;
+
+impl Broker {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `payload` to every subscriber of `topic`, encoded at each one's level; returns
+    /// how many it reached.
+    fn publish(&self, topic: &str, payload: &Bytes) -> usize {
+        let mut topics = self.topics();
+        let Some(subscribers) = topics.get_mut(topic) else {
+            return 0;
+        };
+        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        let mut reached = 0;
+        subscribers.retain(|s| {
+            let slot = &mut encoded[usize::from(s.version == MqttVersion::V5)];
+            if slot.is_none() {
+                *slot = encode_publish(s.version, topic, payload);
+            }
+            let Some(packet) = slot.clone() else {
+                return true;
+            };
+            match s.outbox.try_send(packet) {
+                Ok(()) => {
+                    reached += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                // Its connection is gone.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if subscribers.is_empty() {
+            topics.remove(topic);
+        }
+        reached
+    }
+
+    fn leave(&self, connection: u64, subscribed: &[String]) {
+        let mut topics = self.topics();
+        for topic in subscribed {
+            if let Some(subscribers) = topics.get_mut(topic) {
+                subscribers.retain(|s| s.connection != connection);
+                if subscribers.is_empty() {
+                    topics.remove(topic);
+                }
+            }
+        }
+    }
+}
+
+fn encode_publish(version: MqttVersion, topic: &str, payload: &Bytes) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(payload.len() + topic.len() + 8);
+    let written = match version {
+        MqttVersion::V311 => v4::Packet::Publish(v4::Publish::new(
+            topic,
+            rumqttc::mqttbytes::QoS::AtMostOnce,
+            payload.to_vec(),
+        ))
+        .write(&mut out, MAX_PACKET)
+        .is_ok(),
+        MqttVersion::V5 => v5::Packet::Publish(v5::Publish::new(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            payload.clone(),
+            None,
+        ))
+        .write(&mut out, None)
+        .is_ok(),
+    };
+    written.then(|| out.freeze())
+}
+
+/// One connection's place in the broker, given up however the connection ends.
+struct Membership<'a> {
+    broker: &'a Broker,
+    connection: u64,
+    subscribed: Vec<String>,
+    /// Created with the first SUBSCRIBE: connections that never subscribe pay nothing.
+    inbox: Option<mpsc::Receiver<Bytes>>,
+    outbox: Option<mpsc::Sender<Bytes>>,
+}
+
+impl Membership<'_> {
+    fn subscribe(&mut self, version: MqttVersion, topics: Vec<String>) {
+        let outbox = match &self.outbox {
+            Some(outbox) => outbox.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(OUTBOX);
+                self.inbox = Some(rx);
+                self.outbox = Some(tx.clone());
+                tx
+            }
+        };
+        let mut all = self.broker.topics();
+        for topic in topics {
+            if self.subscribed.contains(&topic) {
+                continue;
+            }
+            all.entry(topic.clone()).or_default().push(Subscriber {
+                connection: self.connection,
+                version,
+                outbox: outbox.clone(),
+            });
+            self.subscribed.push(topic);
+        }
+    }
+
+    async fn delivery(&mut self) -> Option<Bytes> {
+        match &mut self.inbox {
+            Some(inbox) => inbox.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        if !self.subscribed.is_empty() {
+            self.broker.leave(self.connection, &self.subscribed);
+        }
+    }
+}
+
 /// The sink's broker side: accepts any CONNECT at the level it came in, answers PINGREQ and
-/// SUBSCRIBE, drops PUBLISH, and ends on DISCONNECT, EOF or anything it cannot decode.
-/// `bytes` counts bytes received.
-pub async fn serve(mut tcp: TcpStream, bytes: &AtomicU64) {
+/// SUBSCRIBE, routes PUBLISH to the subscribers of its topic, and ends on DISCONNECT, EOF or
+/// anything it cannot decode. `bytes` counts bytes received.
+pub async fn serve(mut tcp: TcpStream, broker: &Broker, bytes: &AtomicU64) {
     let mut buf = BytesMut::with_capacity(256);
     let mut out = BytesMut::with_capacity(64);
     let mut version = None;
+    let mut member = Membership {
+        broker,
+        connection: broker.next_id.fetch_add(1, Ordering::Relaxed),
+        subscribed: Vec::new(),
+        inbox: None,
+        outbox: None,
+    };
     loop {
-        let reply = match version {
+        let progressed = match version {
             None => match accept_connect(&mut buf, &mut out) {
                 Ok(Some(v)) => {
                     version = Some(v);
@@ -331,12 +582,20 @@ pub async fn serve(mut tcp: TcpStream, bytes: &AtomicU64) {
                 Err(()) => return,
             },
             Some(v) => match answer(v, &mut buf, &mut out) {
-                Ok(Some(())) => true,
+                Ok(Some(Inbound::Answered)) => true,
+                Ok(Some(Inbound::Subscribed(topics))) => {
+                    member.subscribe(v, topics);
+                    true
+                }
+                Ok(Some(Inbound::Published { topic, payload })) => {
+                    broker.publish(&topic, &payload);
+                    true
+                }
                 Ok(None) => false,
                 Err(()) => return,
             },
         };
-        if reply {
+        if progressed {
             if !out.is_empty() && tcp.write_all(&out).await.is_err() {
                 return;
             }
@@ -346,10 +605,17 @@ pub async fn serve(mut tcp: TcpStream, bytes: &AtomicU64) {
         if buf.capacity() - buf.len() < 64 {
             buf.reserve(256);
         }
-        match tcp.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                bytes.fetch_add(n as u64, Ordering::Relaxed);
+        tokio::select! {
+            read = tcp.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            },
+            Some(packet) = member.delivery() => {
+                if tcp.write_all(&packet).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -401,13 +667,30 @@ fn accept_v5(buf: &mut BytesMut, out: &mut BytesMut) -> Result<Option<MqttVersio
     }
 }
 
-/// Answers one packet of an established client; `Ok(None)` until one is complete.
-fn answer(version: MqttVersion, buf: &mut BytesMut, out: &mut BytesMut) -> Result<Option<()>, ()> {
+/// What an established client's packet asked of the broker.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    /// Answered in `out`, or nothing to do.
+    Answered,
+    /// SUBACK written to `out`; these topics are to be added.
+    Subscribed(Vec<String>),
+    Published {
+        topic: String,
+        payload: Bytes,
+    },
+}
+
+/// Handles one packet of an established client; `Ok(None)` until one is complete.
+fn answer(
+    version: MqttVersion,
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+) -> Result<Option<Inbound>, ()> {
     match version {
         MqttVersion::V311 => match v4::Packet::read(buf, MAX_PACKET) {
             Ok(v4::Packet::PingReq) => v4::Packet::PingResp
                 .write(out, MAX_PACKET)
-                .map(|_| Some(()))
+                .map(|_| Some(Inbound::Answered))
                 .map_err(|_| ()),
             Ok(v4::Packet::Subscribe(sub)) => {
                 let codes = sub
@@ -417,18 +700,24 @@ fn answer(version: MqttVersion, buf: &mut BytesMut, out: &mut BytesMut) -> Resul
                     .collect();
                 v4::Packet::SubAck(v4::SubAck::new(sub.pkid, codes))
                     .write(out, MAX_PACKET)
-                    .map(|_| Some(()))
-                    .map_err(|_| ())
+                    .map_err(|_| ())?;
+                Ok(Some(Inbound::Subscribed(
+                    sub.filters.into_iter().map(|f| f.path).collect(),
+                )))
             }
+            Ok(v4::Packet::Publish(p)) => Ok(Some(Inbound::Published {
+                topic: p.topic,
+                payload: p.payload,
+            })),
             Ok(v4::Packet::Disconnect) => Err(()),
-            Ok(_) => Ok(Some(())),
+            Ok(_) => Ok(Some(Inbound::Answered)),
             Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             Err(_) => Err(()),
         },
         MqttVersion::V5 => match v5::Packet::read(buf, Some(MAX_PACKET as u32)) {
             Ok(v5::Packet::PingReq(_)) => v5::Packet::PingResp(v5::PingResp)
                 .write(out, None)
-                .map(|_| Some(()))
+                .map(|_| Some(Inbound::Answered))
                 .map_err(|_| ()),
             Ok(v5::Packet::Subscribe(sub)) => {
                 let codes = sub
@@ -444,11 +733,20 @@ fn answer(version: MqttVersion, buf: &mut BytesMut, out: &mut BytesMut) -> Resul
                     properties: None,
                 })
                 .write(out, None)
-                .map(|_| Some(()))
-                .map_err(|_| ())
+                .map_err(|_| ())?;
+                Ok(Some(Inbound::Subscribed(
+                    sub.filters.into_iter().map(|f| f.path).collect(),
+                )))
             }
+            Ok(v5::Packet::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
+                Ok(topic) => Ok(Some(Inbound::Published {
+                    topic,
+                    payload: p.payload,
+                })),
+                Err(_) => Err(()),
+            },
             Ok(v5::Packet::Disconnect(_)) => Err(()),
-            Ok(_) => Ok(Some(())),
+            Ok(_) => Ok(Some(Inbound::Answered)),
             Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             Err(_) => Err(()),
         },
@@ -469,6 +767,7 @@ mod tests {
             topic_prefix: "t".into(),
             username: None,
             password: None,
+            fanout: None,
         });
         client.connect_packet(client.client_id(3)).unwrap()
     }

@@ -178,6 +178,28 @@ fn protocol_details(profile: &Profile) -> String {
         };
         parts.push(format!("TLS to {name}, {verify}, {resumption}"));
     }
+    if let Some(mqtt) = &options.mqtt {
+        let version = match mqtt.version {
+            crate::profile::protocol::MqttVersion::V311 => "3.1.1",
+            crate::profile::protocol::MqttVersion::V5 => "5",
+        };
+        parts.push(format!("MQTT {version}"));
+        if let Some(f) = &mqtt.fanout {
+            parts.push(format!(
+                "fan-out {} msg/s of {} bytes over {} topic(s), about {} subscriber(s) each",
+                f.rate,
+                f.payload_bytes,
+                f.topics,
+                profile.connections.div_ceil(u64::from(f.topics))
+            ));
+        }
+    }
+    if let Some(h2) = options.http2.as_ref().and_then(|h| h.push_interval) {
+        parts.push(format!(
+            "the embedded sink pushes a frame every {}",
+            Human(h2)
+        ));
+    }
     if parts.is_empty() {
         String::new()
     } else {

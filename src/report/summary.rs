@@ -97,6 +97,9 @@ pub struct LatencySummary {
     pub recovery: LatencyStats,
     /// The protocol handshake after TCP connect (empty for plain TCP).
     pub handshake: LatencyStats,
+    /// Server-sent messages, from the send time stamped in them to arrival (MQTT fan-out,
+    /// HTTP/2 DATA frames); empty when none were stamped.
+    pub delivery: LatencyStats,
 }
 
 impl LatencySummary {
@@ -106,6 +109,7 @@ impl LatencySummary {
             "connect_service" => Some(&self.connect_service),
             "heartbeat" => Some(&self.heartbeat_rtt),
             "handshake" => Some(&self.handshake),
+            "delivery" => Some(&self.delivery),
             _ => None,
         }
     }
@@ -134,6 +138,15 @@ pub struct ConnectionCounts {
 pub struct HeartbeatCounts {
     pub sent: u64,
     pub answered: u64,
+}
+
+/// Messages beyond heartbeats: what the run's publisher sent and what the server sent down.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MessageCounts {
+    /// Sent by the run's own publisher (MQTT fan-out).
+    pub published: u64,
+    /// Arrived on held connections: MQTT PUBLISH, HTTP/2 DATA frames.
+    pub received: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -293,6 +306,7 @@ pub struct Summary {
     pub workers: usize,
     pub connections: ConnectionCounts,
     pub heartbeats: HeartbeatCounts,
+    pub messages: MessageCounts,
     pub errors: ErrorCounts,
     /// Protocol failures broken down by what they said, per error kind:
     /// `{"tls_handshake": {"received alert UnknownCA (48)": 3}}`. Empty for plain TCP.
@@ -364,6 +378,7 @@ impl Summary {
             heartbeat_rtt: LatencyStats::of(totals.latency.get(Latency::HeartbeatRtt)),
             recovery: LatencyStats::of(totals.latency.get(Latency::Recovery)),
             handshake: LatencyStats::of(totals.latency.get(Latency::Handshake)),
+            delivery: LatencyStats::of(totals.latency.get(Latency::Delivery)),
         };
         let timeline = &aggregate.timeline;
         let phases = facts
@@ -448,6 +463,10 @@ impl Summary {
                 sent: c.heartbeats_sent,
                 answered: c.heartbeats_answered,
             },
+            messages: MessageCounts {
+                published: c.published,
+                received: c.received,
+            },
             errors: ErrorCounts(c.errors),
             error_details: {
                 let mut details: BTreeMap<&'static str, BTreeMap<String, u64>> = BTreeMap::new();
@@ -520,6 +539,7 @@ impl Summary {
             Subject::Established => Some(c.established as f64),
             Subject::Attempts => Some(c.attempts as f64),
             Subject::PeakOpen => Some(c.peak_open as f64),
+            Subject::Received => Some(self.messages.received as f64),
         }
     }
 

@@ -130,6 +130,14 @@ pub fn render(summary: &Summary) -> String {
         "heartbeats   sent {}  answered {}",
         summary.heartbeats.sent, summary.heartbeats.answered
     );
+    let m = &summary.messages;
+    if m.published > 0 || m.received > 0 {
+        let _ = writeln!(
+            out,
+            "messages     published {}  received {}",
+            m.published, m.received
+        );
+    }
     let _ = writeln!(out, "errors       {}", errors_text(&summary.errors.0));
     for (kind, details) in &summary.error_details {
         let parts: Vec<String> = details.iter().map(|(d, n)| format!("{d} {n}")).collect();
@@ -150,6 +158,9 @@ pub fn render(summary: &Summary) -> String {
         latency_row(&mut out, "handshake", &summary.latency_us.handshake);
     }
     latency_row(&mut out, "heartbeat_rtt", &summary.latency_us.heartbeat_rtt);
+    if summary.latency_us.delivery.count > 0 {
+        latency_row(&mut out, "delivery", &summary.latency_us.delivery);
+    }
     let disruptive: Vec<_> = summary
         .phases
         .iter()

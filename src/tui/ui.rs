@@ -39,13 +39,14 @@ const CLOSES: Color = Color::Yellow;
 const ERRORS: Color = Color::Red;
 const OPEN: Color = Color::Cyan;
 /// One colour per latency metric, in `Latency::ALL` order, for the percentile plot.
-const METRIC_COLORS: [Color; 6] = [
+const METRIC_COLORS: [Color; Latency::COUNT] = [
     Color::Cyan,
     Color::Blue,
     Color::Magenta,
     Color::Green,
     Color::Yellow,
     Color::White,
+    Color::LightRed,
 ];
 
 /// Draws the whole dashboard.

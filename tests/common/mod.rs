@@ -99,8 +99,14 @@ pub struct SinkProcess {
 
 impl SinkProcess {
     pub fn start() -> SinkProcess {
+        SinkProcess::start_with(&[])
+    }
+
+    /// A sink process with extra flags, e.g. `["--protocol", "h2"]`.
+    pub fn start_with(args: &[&str]) -> SinkProcess {
         let mut child = bin()
             .args(["sink", "--listen", "127.0.0.1:0", "--quiet"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
