@@ -296,6 +296,18 @@ pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
         "Heartbeats whose echo came back in time.",
         summary.heartbeats.answered as f64,
     );
+    e.single(
+        "stampede_messages_published_total",
+        "counter",
+        "Messages sent by the run's own publisher (MQTT fan-out).",
+        summary.messages.published as f64,
+    );
+    e.single(
+        "stampede_messages_received_total",
+        "counter",
+        "Server-sent messages that arrived on held connections (MQTT PUBLISH, HTTP/2 DATA).",
+        summary.messages.received as f64,
+    );
     e.family(
         "stampede_errors_total",
         "counter",
