@@ -500,6 +500,13 @@ fn draw_connections(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
             Span::styled("  heartbeats/s ", DIM),
             Span::raw(thousands(i.heartbeats_answered)),
         ]);
+        // Server-sent messages, once a run has any (MQTT fan-out, HTTP/2 frames).
+        if s.summary.messages.received > 0 || s.summary.messages.published > 0 {
+            parts.extend([
+                Span::styled("  messages/s ", DIM),
+                Span::raw(thousands(i.received)),
+            ]);
+        }
     }
     frame.render_widget(Paragraph::new(Line::from(parts)), stats);
     let total = s.summary.error_total();
