@@ -83,6 +83,7 @@ pub(crate) fn backoff(
     attempt: u32,
     previous_ms: &mut u32,
 ) -> Option<Duration> {
+    shard.catch_up();
     let policy = shard.policy.get();
     let previous = Duration::from_millis(u64::from(*previous_ms));
     match policy.delay(attempt, previous, shard.random(slot)) {

@@ -47,6 +47,11 @@ pub(crate) struct Shard {
     draws: Cell<u64>,
     /// When the phase now playing started (reconnections are timed from it).
     pub phase_started: Cell<Instant>,
+    /// The phase now playing, once the first has started.
+    phase: Cell<Option<usize>>,
+    /// Where the plan's offsets count from now (the start plus the time spent paused), or
+    /// `None` while paused; kept by the shard loop for `catch_up`.
+    origin: Cell<Option<Instant>>,
 }
 
 impl Shard {
@@ -67,12 +72,15 @@ impl Shard {
             fds: RefCell::new(Vec::new()),
             draws: Cell::new(0),
             phase_started: Cell::new(start),
+            phase: Cell::new(None),
+            origin: Cell::new(Some(start)),
             plan,
         }
     }
 
     /// Records that a connection went down now (for the phase's recovery figures).
     pub fn went_down(&self) {
+        self.catch_up();
         let since = Instant::now().saturating_duration_since(self.phase_started.get());
         self.data.borrow_mut().latency.record(
             crate::metrics::Latency::Disconnect,
@@ -110,6 +118,40 @@ impl Shard {
         data.count(source, target, |c| c.errors[failure.kind as usize] += 1);
         if let Some(detail) = failure.detail {
             *data.details.entry((failure.kind, detail)).or_insert(0) += 1;
+        }
+    }
+
+    /// Starts phase `phase` at `at` (and any skipped before it), unless it already has: the
+    /// shard loop starts each at its planned instant, `catch_up` may have done so first.
+    fn enter_phase(&self, phase: usize, at: Instant) {
+        let next = self.phase.get().map_or(0, |p| p + 1);
+        if phase < next {
+            return;
+        }
+        let profile = &self.plan.profile;
+        for p in profile.phases.get(next..=phase).unwrap_or_default() {
+            self.policy.set(p.reconnect().unwrap_or(profile.reconnect));
+            if matches!(p, crate::profile::Phase::Cutover { .. }) {
+                let next = self.target_set.get() + 1;
+                self.target_set
+                    .set(next.min(self.plan.pool.set_count() - 1));
+            }
+        }
+        self.phase.set(Some(phase));
+        self.phase_started.set(at);
+    }
+
+    /// Starts the phase due by now if the shard loop has not yet. A phase's timer and a
+    /// connection's socket can be ready together, and the connection's task may run first: a
+    /// server phase's sink closes connections at the very instant the phase starts. Called
+    /// before a connection that went down looks at the policy, so it gets the phase's own.
+    pub fn catch_up(&self) {
+        let Some(origin) = self.origin.get() else {
+            return;
+        };
+        let elapsed = Instant::now().saturating_duration_since(origin);
+        if let Some(span) = self.plan.spans.iter().rev().find(|s| s.start <= elapsed) {
+            self.enter_phase(span.index, origin + span.start);
         }
     }
 
@@ -202,6 +244,7 @@ pub(crate) async fn run(
             _ => {}
         }
         let origin = start + shift;
+        shard.origin.set(paused_since.is_none().then_some(origin));
         let next_event = schedule.peek().map(|e| origin + e.at);
         let next_deadline = table.as_ref().and_then(|t| t.next_deadline(&shard));
         tokio::select! {
@@ -266,15 +309,7 @@ pub(crate) async fn run(
                             slots[index] = Some(task.abort_handle());
                         }
                         SlotAction::PhaseStart { phase } => {
-                            let profile = &shard.plan.profile;
-                            shard.phase_started.set(origin + event.at);
-                            if let Some(p) = profile.phases.get(phase) {
-                                shard.policy.set(p.reconnect().unwrap_or(profile.reconnect));
-                                if matches!(p, crate::profile::Phase::Cutover { .. }) {
-                                    let next = shard.target_set.get() + 1;
-                                    shard.target_set.set(next.min(shard.plan.pool.set_count() - 1));
-                                }
-                            }
+                            shard.enter_phase(phase, origin + event.at);
                         }
                     }
                 }
@@ -307,4 +342,31 @@ pub(crate) async fn run(
     }
     let data = shard.data.replace(shard.fresh_data());
     send(seq, true, open_before_teardown, data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server phase's sink closes connections at the phase's very start, and a connection's
+    /// task may see its close before the shard loop has played the phase: it still reconnects
+    /// under the phase's policy, and the loop's own start of the phase changes nothing more.
+    #[test]
+    fn a_connection_down_after_a_phase_is_due_gets_its_policy() {
+        let shard = test_shard(serde_json::json!({
+            "name": "catch-up", "target": "embedded", "connections": 1,
+            "reconnect": {"policy": "none"},
+            "phases": [{"hold": {"for": "1ms"}},
+                       {"server": {"do": "close_all", "for": "1s",
+                                   "reconnect": {"policy": "immediate"}}}]
+        }));
+        std::thread::sleep(Duration::from_millis(5));
+        let mut previous_ms = 0;
+        let wait = super::super::conn::backoff(&shard, 0, 1, &mut previous_ms);
+        assert_eq!(wait, Some(Duration::ZERO));
+        let started = shard.start + Duration::from_millis(1);
+        assert_eq!(shard.phase_started.get(), started);
+        shard.enter_phase(1, started + Duration::from_secs(1));
+        assert_eq!(shard.phase_started.get(), started);
+    }
 }
