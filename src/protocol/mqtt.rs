@@ -431,6 +431,9 @@ struct Subscriber {
 
 /// Packets queued for one subscriber before further messages to it are dropped.
 const OUTBOX: usize = 64;
+/// Topics one connection may subscribe to; filters past it get a failure code in the SUBACK,
+/// so a client cannot grow the sink's topic table without bound.
+const MAX_TOPICS_PER_CONNECTION: usize = 16;
 
 impl Broker {
     fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
@@ -516,7 +519,17 @@ struct Membership<'a> {
     outbox: Option<mpsc::Sender<Bytes>>,
 }
 
-impl Membership<'_> {
+impl<'a> Membership<'a> {
+    fn new(broker: &'a Broker) -> Membership<'a> {
+        Membership {
+            broker,
+            connection: broker.next_id.fetch_add(1, Ordering::Relaxed),
+            subscribed: Vec::new(),
+            inbox: None,
+            outbox: None,
+        }
+    }
+
     fn subscribe(&mut self, version: MqttVersion, topics: Vec<String>) {
         let outbox = match &self.outbox {
             Some(outbox) => outbox.clone(),
@@ -539,6 +552,11 @@ impl Membership<'_> {
             });
             self.subscribed.push(topic);
         }
+    }
+
+    /// How many more topics this connection may subscribe to.
+    fn room(&self) -> usize {
+        MAX_TOPICS_PER_CONNECTION.saturating_sub(self.subscribed.len())
     }
 
     async fn delivery(&mut self) -> Option<Bytes> {
@@ -564,13 +582,7 @@ pub async fn serve(mut tcp: TcpStream, broker: &Broker, bytes: &AtomicU64) {
     let mut buf = BytesMut::with_capacity(256);
     let mut out = BytesMut::with_capacity(64);
     let mut version = None;
-    let mut member = Membership {
-        broker,
-        connection: broker.next_id.fetch_add(1, Ordering::Relaxed),
-        subscribed: Vec::new(),
-        inbox: None,
-        outbox: None,
-    };
+    let mut member = Membership::new(broker);
     loop {
         let progressed = match version {
             None => match accept_connect(&mut buf, &mut out) {
@@ -581,7 +593,7 @@ pub async fn serve(mut tcp: TcpStream, broker: &Broker, bytes: &AtomicU64) {
                 Ok(None) => false,
                 Err(()) => return,
             },
-            Some(v) => match answer(v, &mut buf, &mut out) {
+            Some(v) => match answer(v, &mut buf, &mut out, member.room()) {
                 Ok(Some(Inbound::Answered)) => true,
                 Ok(Some(Inbound::Subscribed(topics))) => {
                     member.subscribe(v, topics);
@@ -680,11 +692,13 @@ enum Inbound {
     },
 }
 
-/// Handles one packet of an established client; `Ok(None)` until one is complete.
+/// Handles one packet of an established client; `Ok(None)` until one is complete. A SUBSCRIBE
+/// is granted for its first `room` filters and refused for the rest.
 fn answer(
     version: MqttVersion,
     buf: &mut BytesMut,
     out: &mut BytesMut,
+    room: usize,
 ) -> Result<Option<Inbound>, ()> {
     match version {
         MqttVersion::V311 => match v4::Packet::read(buf, MAX_PACKET) {
@@ -693,16 +707,20 @@ fn answer(
                 .map(|_| Some(Inbound::Answered))
                 .map_err(|_| ()),
             Ok(v4::Packet::Subscribe(sub)) => {
-                let codes = sub
-                    .filters
-                    .iter()
-                    .map(|_| v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtMostOnce))
+                let codes = (0..sub.filters.len())
+                    .map(|i| {
+                        if i < room {
+                            v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtMostOnce)
+                        } else {
+                            v4::SubscribeReasonCode::Failure
+                        }
+                    })
                     .collect();
                 v4::Packet::SubAck(v4::SubAck::new(sub.pkid, codes))
                     .write(out, MAX_PACKET)
                     .map_err(|_| ())?;
                 Ok(Some(Inbound::Subscribed(
-                    sub.filters.into_iter().map(|f| f.path).collect(),
+                    sub.filters.into_iter().take(room).map(|f| f.path).collect(),
                 )))
             }
             Ok(v4::Packet::Publish(p)) => Ok(Some(Inbound::Published {
@@ -720,11 +738,15 @@ fn answer(
                 .map(|_| Some(Inbound::Answered))
                 .map_err(|_| ()),
             Ok(v5::Packet::Subscribe(sub)) => {
-                let codes = sub
-                    .filters
-                    .iter()
-                    .map(|_| {
-                        v5::SubscribeReasonCode::Success(rumqttc::v5::mqttbytes::QoS::AtMostOnce)
+                let codes = (0..sub.filters.len())
+                    .map(|i| {
+                        if i < room {
+                            v5::SubscribeReasonCode::Success(
+                                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                            )
+                        } else {
+                            v5::SubscribeReasonCode::QuotaExceeded
+                        }
                     })
                     .collect();
                 v5::Packet::SubAck(v5::SubAck {
@@ -735,7 +757,7 @@ fn answer(
                 .write(out, None)
                 .map_err(|_| ())?;
                 Ok(Some(Inbound::Subscribed(
-                    sub.filters.into_iter().map(|f| f.path).collect(),
+                    sub.filters.into_iter().take(room).map(|f| f.path).collect(),
                 )))
             }
             Ok(v5::Packet::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
@@ -786,6 +808,69 @@ mod tests {
                 Some(Incoming::ConnAck(0))
             );
         }
+    }
+
+    #[test]
+    fn the_broker_routes_by_exact_topic_at_each_level_and_forgets_a_closed_connection() {
+        let broker = Broker::default();
+        let mut old = Membership::new(&broker);
+        old.subscribe(MqttVersion::V311, vec!["t/1".into()]);
+        let mut new = Membership::new(&broker);
+        new.subscribe(MqttVersion::V5, vec!["t/1".into(), "t/2".into()]);
+        let mut payload = vec![0u8; 40];
+        super::super::write_stamp(&mut payload, super::super::unix_ns_now());
+        let payload = Bytes::from(payload);
+        assert_eq!(broker.publish("t/1", &payload), 2);
+        assert_eq!(broker.publish("t/2", &payload), 1);
+        assert_eq!(broker.publish("t/+", &payload), 0, "no wildcard matching");
+        for (member, version, count) in [
+            (&mut old, MqttVersion::V311, 1),
+            (&mut new, MqttVersion::V5, 2),
+        ] {
+            let inbox = member.inbox.as_mut().unwrap();
+            for _ in 0..count {
+                let mut packet = BytesMut::from(&inbox.try_recv().unwrap()[..]);
+                let Some(Incoming::Publish(Some(age))) = decode(version, &mut packet).unwrap()
+                else {
+                    panic!("not a stamped PUBLISH at {version:?}");
+                };
+                assert!(age < 60_000_000, "{age} us");
+            }
+            assert!(inbox.try_recv().is_err());
+        }
+        drop(new);
+        assert_eq!(broker.publish("t/1", &payload), 1);
+        assert!(!broker.topics().contains_key("t/2"));
+    }
+
+    #[test]
+    fn a_subscribe_past_the_cap_is_refused_for_the_extra_filters() {
+        let filters = (0..MAX_TOPICS_PER_CONNECTION + 4).map(|i| {
+            v4::SubscribeFilter::new(format!("t/{i}"), rumqttc::mqttbytes::QoS::AtMostOnce)
+        });
+        let mut subscribe = v4::Subscribe::new_many(filters);
+        subscribe.pkid = 7;
+        let mut buf = BytesMut::new();
+        v4::Packet::Subscribe(subscribe)
+            .write(&mut buf, MAX_PACKET)
+            .unwrap();
+        let mut out = BytesMut::new();
+        let Ok(Some(Inbound::Subscribed(granted))) =
+            answer(MqttVersion::V311, &mut buf, &mut out, 10)
+        else {
+            panic!("not a subscription");
+        };
+        assert_eq!(granted.len(), 10);
+        let Ok(v4::Packet::SubAck(ack)) = v4::Packet::read(&mut out, MAX_PACKET) else {
+            panic!("no SUBACK");
+        };
+        assert_eq!(ack.pkid, 7);
+        let refused = ack
+            .return_codes
+            .iter()
+            .filter(|c| matches!(c, v4::SubscribeReasonCode::Failure))
+            .count();
+        assert_eq!(refused, MAX_TOPICS_PER_CONNECTION + 4 - 10);
     }
 
     #[test]
