@@ -290,12 +290,22 @@ pub struct SinkArgs {
     pub push_interval: Option<Duration>,
 }
 
+/// Shortest `--push-interval`: a frame per stream per millisecond is already a flood.
+const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(1);
+
 /// The sink's protocol settings from its flags.
 fn sink_protocol(args: &SinkArgs) -> Result<crate::protocol::SinkProtocol, String> {
     if args.push_interval.is_some() && args.protocol != "h2" {
         return Err(format!(
             "--push-interval needs --protocol h2, not {:?}; remove it or speak h2",
             args.protocol
+        ));
+    }
+    if let Some(every) = args.push_interval
+        && every < MIN_PUSH_INTERVAL
+    {
+        return Err(format!(
+            "--push-interval {every:?} is too short; give at least 1ms"
         ));
     }
     Ok(crate::protocol::SinkProtocol {
@@ -933,16 +943,13 @@ async fn sink_workers_command(args: SinkArgs, workers: usize) -> i32 {
         ));
         return 2;
     }
-    let mut pass_on = vec!["--protocol".to_string(), args.protocol.clone()];
-    if let Some(path) = &args.ws_path {
-        pass_on.extend(["--ws-path".to_string(), path.clone()]);
-    }
-    if let Some(every) = args.push_interval {
-        pass_on.extend([
-            "--push-interval".to_string(),
-            format!("{}us", every.as_micros()),
-        ]);
-    }
+    let mut pass_on = match sink_protocol(&args) {
+        Ok(protocol) => protocol.flags(),
+        Err(e) => {
+            eprint_line(&format!("stampede sink: {e}"));
+            return 2;
+        }
+    };
     // Every worker must serve the same certificate: check the given one here (bad input is
     // exit 2 before any worker starts), or make one self-signed pair for all of them.
     let _cert_dir = match sink_workers_certificate(&args) {

@@ -169,6 +169,29 @@ pub fn stamp_age_us(payload: &[u8]) -> Option<u64> {
     Some(unix_ns_now().saturating_sub(sent) / 1000)
 }
 
+/// Server-sent messages that arrived while a handshake or heartbeat waited, kept until the
+/// connection's holder records them. Bounded whatever the server sends: past `MAX_KEPT` ages
+/// only the count grows.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    pub count: u64,
+    /// Ages in microseconds of the stamped ones.
+    pub ages: Vec<u64>,
+}
+
+impl Arrivals {
+    const MAX_KEPT: usize = 1024;
+
+    pub fn push(&mut self, age: Option<u64>) {
+        self.count += 1;
+        if let Some(age) = age
+            && self.ages.len() < Arrivals::MAX_KEPT
+        {
+            self.ages.push(age);
+        }
+    }
+}
+
 /// What a held session saw between heartbeats.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
@@ -210,13 +233,12 @@ impl Session {
         }
     }
 
-    /// Messages that arrived while a heartbeat waited for its answer (each one's age, as in
-    /// `Event::Message`), oldest first.
-    pub fn take_arrivals(&mut self) -> Vec<Option<u64>> {
+    /// Messages that arrived while a handshake or heartbeat waited for its answer.
+    pub fn take_arrivals(&mut self) -> Arrivals {
         match self {
             Session::Mqtt(session) => std::mem::take(&mut session.arrivals),
             Session::H2(session) => std::mem::take(&mut session.arrivals),
-            Session::Tls(_) | Session::Ws(_) => Vec::new(),
+            Session::Tls(_) | Session::Ws(_) => Arrivals::default(),
         }
     }
 }
@@ -310,6 +332,22 @@ impl SinkProtocol {
                 .and_then(|h| h.push_interval),
             ..SinkProtocol::default()
         }
+    }
+
+    /// The `stampede sink` flags that make another sink process speak this protocol
+    /// (certificate files aside, which the caller shares).
+    pub fn flags(&self) -> Vec<String> {
+        let mut args = vec!["--protocol".to_string(), self.name.clone()];
+        if let Some(path) = &self.ws_path {
+            args.extend(["--ws-path".to_string(), path.clone()]);
+        }
+        if let Some(every) = self.push_interval {
+            args.extend([
+                "--push-interval".to_string(),
+                format!("{}us", every.as_micros()),
+            ]);
+        }
+        args
     }
 
     /// Builds the acceptor; the certificate it serves (to trust on the client side) comes

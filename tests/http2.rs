@@ -61,13 +61,16 @@ async fn server_sent_frames_are_counted_and_timed() {
     let s = run_json(&p, false, None).await.summary;
     assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
     assert_eq!(s.connections.open_at_end, n);
-    // Stream i opened at t_i gets a frame at once and one each 250 ms until the run ends at
-    // D: 1 + floor((D - t_i) / 0.25), less one still on its way at the end.
+    // Stream i opened at t_i gets a frame at once and one each 250 ms until the run ends:
+    // at most 1 + floor((D - t_i) / 0.25) by the run's full duration D (teardown included),
+    // and at least the pushes due before the plan's end, less two for a busy host's late
+    // ticks and a frame still on its way.
     let every = 0.25;
     let d = s.duration_s;
+    let plan_end = s.phases.last().unwrap().end_s;
     let last_open = s.connections.last_established_s.unwrap();
     let upper = n * (1 + (d / every).floor() as u64);
-    let lower = n * ((d - last_open) / every).floor() as u64;
+    let lower = n * (((plan_end - last_open) / every).floor() as u64).saturating_sub(1);
     let received = s.messages.received;
     assert!(
         (lower..=upper).contains(&received),
@@ -195,4 +198,37 @@ async fn goaway_and_rst_stream_are_classified_with_their_error_codes() {
             s.error_details
         );
     }
+}
+
+/// A local swarm starts its own sink processes for the embedded target: they must push at the
+/// profile's interval too (without it each stream would get its one opening frame).
+#[test]
+fn a_local_swarms_sinks_push_at_the_profiles_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("h2.json");
+    let n = 100;
+    let mut p = profile(
+        n,
+        json!([{"ramp": {"rate": 1000}}, {"hold": {"for": "1s"}}]),
+    );
+    p["http2"]["push_interval"] = json!("100ms");
+    std::fs::write(&file, p.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let status = common::bin()
+        .args(["run", "--agents", "2", "--headless", "--quiet", "--out"])
+        .arg(&out)
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let s = common::read_json(&out.join("summary.json"));
+    let received = s["messages"]["received"].as_u64().unwrap();
+    // About ten pushes a stream; half that allows for a busy host's late ticks.
+    assert!(received >= n * 5, "{received} frames from {n} streams");
+    assert_eq!(
+        s["latency_us"]["delivery"]["count"].as_u64(),
+        Some(received)
+    );
 }

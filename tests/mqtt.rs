@@ -220,20 +220,21 @@ async fn a_storm_kicks_every_client_and_all_come_back_through_a_fresh_connect() 
 
 /// The fan-out probe reached exactly the subscribers of each message's topic: no more than
 /// `published x subscribers per topic`, and no fewer than that for the messages published
-/// after the last client subscribed and before the run ended (QoS 0 on loopback loses
-/// nothing else). Every message arrived stamped, so each one was timed.
+/// after the last client subscribed and a second before the run ended (QoS 0 on loopback
+/// loses nothing else; the second is for a busy host's teardown). Every message arrived
+/// stamped, so each one was timed.
 fn assert_fanout(s: &stampede::report::summary::Summary, n: u64, topics: u64, rate: f64) {
     let per_topic = n / topics;
     let m = &s.messages;
-    let duration = s.duration_s;
+    let plan_end = s.phases.last().unwrap().end_s;
     assert!(
-        m.published as f64 >= rate * (duration - 1.0),
-        "published {} in {duration} s at {rate}/s",
+        m.published as f64 >= rate * (plan_end - 1.0),
+        "published {} by {plan_end} s at {rate}/s",
         m.published
     );
     let all_subscribed = s.connections.last_established_s.unwrap();
     let before = (rate * (all_subscribed + 0.25)).ceil() as u64;
-    let in_flight = (rate * 0.25).ceil() as u64;
+    let in_flight = rate.ceil() as u64;
     let lower = m.published.saturating_sub(before + in_flight) * per_topic;
     let upper = m.published * per_topic;
     assert!(
@@ -308,7 +309,9 @@ fn each_agent_of_a_swarm_publishes_for_its_own_subscribers() {
     let s = common::read_json(&out.join("summary.json"));
     let published = s["messages"]["published"].as_u64().unwrap();
     let received = s["messages"]["received"].as_u64().unwrap();
-    let duration = s["duration_s"].as_f64().unwrap();
+    let plan_end = s["phases"].as_array().unwrap().last().unwrap()["end_s"]
+        .as_f64()
+        .unwrap();
     let last = s["connections"]["last_established_s"].as_f64().unwrap();
     assert_eq!(
         s["errors"]
@@ -320,12 +323,13 @@ fn each_agent_of_a_swarm_publishes_for_its_own_subscribers() {
         0
     );
     assert!(
-        published as f64 >= 100.0 * (duration - 1.0),
-        "{published} in {duration} s"
+        published as f64 >= 100.0 * (plan_end - 1.0),
+        "{published} by {plan_end} s"
     );
     let per_topic = 10;
     let upper = published * per_topic;
-    let lower = published.saturating_sub((100.0 * (last + 0.5)).ceil() as u64) * per_topic;
+    // Less what went out before the last subscription and in the last second.
+    let lower = published.saturating_sub((100.0 * (last + 1.5)).ceil() as u64) * per_topic;
     assert!(
         (lower..=upper).contains(&received),
         "received {received} of {published}; expected {lower}..={upper}"

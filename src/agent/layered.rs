@@ -169,17 +169,22 @@ impl Drop for Open<'_> {
     }
 }
 
-/// Records server-sent messages: each counts as received, and its age (when it was stamped)
+/// Records server-sent messages: each counts as received, and the age of each stamped one
 /// goes to `delivery`.
-fn arrived(shard: &Shard, source: usize, target: usize, ages: &[Option<u64>]) {
-    if ages.is_empty() {
+fn arrived(shard: &Shard, source: usize, target: usize, count: u64, ages: &[u64]) {
+    if count == 0 {
         return;
     }
     let mut data = shard.data.borrow_mut();
-    data.count(source, target, |c| c.received += ages.len() as u64);
-    for age in ages.iter().flatten() {
+    data.count(source, target, |c| c.received += count);
+    for age in ages {
         data.latency.record(Latency::Delivery, *age);
     }
+}
+
+fn arrived_during_wait(shard: &Shard, source: usize, target: usize, session: &mut Session) {
+    let arrivals = session.take_arrivals();
+    arrived(shard, source, target, arrivals.count, &arrivals.ages);
 }
 
 /// Holds an established session: heartbeats if the plan has them, records what the server
@@ -194,12 +199,12 @@ async fn hold(
     let _open = Open::new(shard, slot, set, fd);
     let (source, target) = shard.plan.pool.pair_in(slot, set);
     // Messages that came with the handshake's answers.
-    arrived(shard, source, target, &session.take_arrivals());
+    arrived_during_wait(shard, source, target, &mut session);
     let Some(heartbeat) = shard.plan.heartbeat else {
         loop {
             match session.next_event().await {
                 Event::Closed(failure) => return Err(failure),
-                Event::Message(age) => arrived(shard, source, target, &[age]),
+                Event::Message(age) => arrived(shard, source, target, 1, age.as_slice()),
             }
         }
     };
@@ -209,7 +214,7 @@ async fn hold(
             event = session.next_event() => match event {
                 Event::Closed(failure) => return Err(failure),
                 Event::Message(age) => {
-                    arrived(shard, source, target, &[age]);
+                    arrived(shard, source, target, 1, age.as_slice());
                     continue;
                 }
             },
@@ -220,12 +225,13 @@ async fn hold(
             .data
             .borrow_mut()
             .count(source, target, |c| c.heartbeats_sent += 1);
-        let answer = timeout_at(
+        // Boxed, as the handshake is: its state is only needed while one heartbeat waits.
+        let answer = Box::pin(timeout_at(
             sent_at + heartbeat.timeout,
             session.heartbeat(&shard.payload),
-        )
+        ))
         .await;
-        arrived(shard, source, target, &session.take_arrivals());
+        arrived_during_wait(shard, source, target, &mut session);
         match answer {
             Err(_) => return Err(Failure::kind(ErrorKind::HeartbeatTimeout)),
             Ok(Err(failure)) => return Err(failure),

@@ -15,8 +15,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
 use super::conn::TIMER_GRANULARITY;
 use super::shard::Shard;
-use crate::metrics::ErrorKind;
-use crate::protocol::{Connector, Event};
+use crate::metrics::{ErrorDetail, ErrorKind};
+use crate::protocol::{Connector, Event, Failure};
 
 /// Pause after a failed or lost publisher connection, doubling up to `MAX_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
@@ -33,10 +33,12 @@ pub(crate) async fn run(shard: Rc<Shard>) {
         return;
     };
     // An agent with no share of the connections has no share of the rate either.
-    if fanout.rate <= 0.0 || !fanout.rate.is_finite() {
+    let Some(every) = Duration::try_from_secs_f64(1.0 / fanout.rate)
+        .ok()
+        .filter(|d| !d.is_zero())
+    else {
         return;
-    }
-    let every = Duration::from_secs_f64(1.0 / fanout.rate);
+    };
     let keep_alive = Duration::from_secs(u64::from(client.keep_alive_s()));
     let mut payload = vec![b'p'; fanout.payload_bytes];
     // Stamps are wall-clock nanoseconds; instants map onto them through one anchor.
@@ -49,16 +51,25 @@ pub(crate) async fn run(shard: Rc<Shard>) {
     let mut pause = FIRST_PAUSE;
     loop {
         let (source, target) = shard.plan.pool.pair_in(0, shard.target_set.get());
-        let deadline = Instant::now() + shard.plan.connect_timeout;
+        // The connect and then the handshake each get the connect timeout, as connections do.
+        let timeout = shard.plan.connect_timeout;
+        let deadline = Instant::now() + timeout;
         let session = match super::layered::connect(&shard, source, target, deadline).await {
-            Ok(tcp) => match timeout_at(deadline, client.publisher(tcp)).await {
+            Ok(tcp) => match timeout_at(Instant::now() + timeout, client.publisher(tcp)).await {
                 Ok(Ok(session)) => Some(session),
                 Ok(Err(failure)) => {
                     shard.fail_with(source, target, failure);
                     None
                 }
                 Err(_) => {
-                    shard.fail(source, target, ErrorKind::ConnectTimeout);
+                    shard.fail_with(
+                        source,
+                        target,
+                        Failure {
+                            kind: ErrorKind::ConnectTimeout,
+                            detail: Some(ErrorDetail::HandshakeTimeout),
+                        },
+                    );
                     None
                 }
             },
@@ -84,7 +95,7 @@ pub(crate) async fn run(shard: Rc<Shard>) {
                     Event::Message(_) => {}
                 },
                 () = sleep_until(ping_at.unwrap_or(next)), if ping_at.is_some_and(|p| p < next) => {
-                    if let Err(failure) = session.ping().await {
+                    if let Err(failure) = bounded(timeout, session.ping()).await {
                         break failure;
                     }
                     last_write = Instant::now();
@@ -98,7 +109,8 @@ pub(crate) async fn run(shard: Rc<Shard>) {
                         let lag = now.saturating_duration_since(next).min(TIMER_GRANULARITY);
                         crate::protocol::write_stamp(&mut payload, stamp(next + lag));
                         let topic = client.fanout_topic((sent % u64::from(fanout.topics)) as u32);
-                        if let Err(failure) = session.publish(&topic, &payload).await {
+                        let sending = session.publish(&topic, &payload);
+                        if let Err(failure) = bounded(timeout, sending).await {
                             failed = Some(failure);
                             break;
                         }
@@ -120,6 +132,17 @@ pub(crate) async fn run(shard: Rc<Shard>) {
         shard.fail_with(source, target, failure);
         sleep(pause).await;
     }
+}
+
+/// A write that the broker must take within `limit`: a broker that stops reading fails the
+/// publisher (counted as `other`) instead of holding it silently to the end of the run.
+async fn bounded(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), Failure>>,
+) -> Result<(), Failure> {
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or(Err(Failure::kind(ErrorKind::Other)))
 }
 
 /// Whether this run has a publisher to start.

@@ -85,7 +85,7 @@ struct SinkFlags {
 
 fn sink_flags(profile: &crate::profile::Profile) -> Result<SinkFlags, RunError> {
     let protocol = crate::protocol::SinkProtocol::for_profile(profile);
-    let mut args = vec!["--protocol".to_string(), protocol.name.clone()];
+    let mut args = protocol.flags();
     if !matches!(protocol.name.as_str(), "tls" | "wss") {
         return Ok(SinkFlags {
             args,

@@ -451,11 +451,11 @@ fn validate_fanout(raw: RawFanout) -> Result<Fanout, ProfileError> {
             format!("{topics} is out of range; expected 1 to 1000000 topics"),
         ));
     }
-    if !(raw.rate.is_finite() && raw.rate > 0.0 && raw.rate <= 1_000_000.0) {
+    if !(raw.rate.is_finite() && raw.rate >= 0.01 && raw.rate <= 1_000_000.0) {
         return Err(ProfileError::at(
             "mqtt.fanout.rate",
             format!(
-                "{} is out of range; expected messages a second above 0 and at most 1000000, e.g. 100",
+                "{} is out of range; expected messages a second from 0.01 to 1000000, e.g. 100",
                 raw.rate
             ),
         ));
@@ -516,6 +516,14 @@ fn validate_http2(raw: RawHttp2) -> Result<Http2Options, ProfileError> {
         .push_interval
         .map(|text| super::duration_at("http2.push_interval", &text))
         .transpose()?;
+    if let Some(every) = push_interval
+        && every < std::time::Duration::from_millis(1)
+    {
+        return Err(ProfileError::at(
+            "http2.push_interval",
+            format!("{every:?} is too short; give at least \"1ms\""),
+        ));
+    }
     Ok(Http2Options {
         path,
         authority: raw.authority,

@@ -81,7 +81,7 @@ impl Client {
             _send: send,
             ping,
             body: response.into_body(),
-            arrivals: Vec::new(),
+            arrivals: super::Arrivals::default(),
         })
     }
 }
@@ -123,7 +123,7 @@ pub struct Session {
     body: RecvStream,
     /// DATA frames that arrived while a heartbeat waited (see
     /// `protocol::Session::take_arrivals`).
-    pub(super) arrivals: Vec<Option<u64>>,
+    pub(super) arrivals: super::Arrivals,
 }
 
 /// What one wait saw besides its own answer.
@@ -197,13 +197,37 @@ fn stamped_frame() -> Bytes {
     Bytes::from(frame)
 }
 
+/// Streams one client connection may hold open on the sink; the client is told in SETTINGS.
+const MAX_STREAMS: u32 = 16;
+
+/// Sends a stamped frame on `send` if the client's flow-control window has room for it, and
+/// asks for room for the next one. A client that stops reading gets no backlog: its pushes
+/// are skipped once its window is full. `Err` when the client reset the stream.
+fn push_stamped(send: &mut h2::SendStream<Bytes>, bytes: &AtomicU64) -> Result<(), ()> {
+    let frame = stamped_frame();
+    let len = frame.len();
+    if send.capacity() >= len {
+        send.send_data(frame, false).map_err(|_| ())?;
+        bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+    send.reserve_capacity(len);
+    Ok(())
+}
+
+/// Whether the client has reset the stream (checked without waiting).
+fn was_reset(send: &mut h2::SendStream<Bytes>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    send.poll_reset(&mut cx).is_ready()
+}
+
 /// The sink's HTTP/2 side: answers every request 200 with a stamped DATA frame, sends another
-/// on every open stream each `push_interval` if given, and keeps its streams open until the
-/// client goes. `bytes` counts DATA bytes sent.
+/// on every open stream each `push_interval` if given (within the client's flow-control
+/// window), and keeps its streams open until the client goes. `bytes` counts DATA bytes sent.
 pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, bytes: &AtomicU64) {
     let Ok(mut conn) = h2::server::Builder::new()
         .initial_window_size(64 * 1024)
         .max_send_buffer_size(16 * 1024)
+        .max_concurrent_streams(MAX_STREAMS)
         .handshake::<_, Bytes>(tcp)
         .await
     else {
@@ -216,18 +240,6 @@ pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, b
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer
     });
-    let send_stamped = |send: &mut h2::SendStream<Bytes>| {
-        let frame = stamped_frame();
-        let len = frame.len() as u64;
-        // Past the client's window h2 queues frames; at a few dozen bytes per push interval a
-        // client that stops reading costs little before its connection is gone.
-        if send.send_data(frame, false).is_ok() {
-            bytes.fetch_add(len, Ordering::Relaxed);
-            true
-        } else {
-            false
-        }
-    };
     loop {
         let tick = async {
             match push.as_mut() {
@@ -244,12 +256,19 @@ pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, b
                 let Ok(mut send) = respond.send_response(response, false) else {
                     continue;
                 };
-                send_stamped(&mut send);
+                // The first frame goes out whatever the window: it is the stream's hello.
+                let frame = stamped_frame();
+                let len = frame.len();
+                if send.send_data(frame, false).is_ok() {
+                    bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
+                send.reserve_capacity(len);
+                // Streams the client reset are let go, so a client cannot pile them up.
+                streams.retain_mut(|s| !was_reset(s));
                 streams.push(send);
             }
             _ = tick => {
-                // A stream the client reset refuses data: let it go.
-                streams.retain_mut(|send| send_stamped(send));
+                streams.retain_mut(|send| push_stamped(send, bytes).is_ok());
             }
         }
     }

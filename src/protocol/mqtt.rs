@@ -82,10 +82,15 @@ impl Client {
     }
 
     /// The fan-out publisher's connection: CONNECT as `{prefix}-{agent}-pub`, no subscription.
-    pub async fn publisher(&self, mut tcp: TcpStream) -> Result<Session, Failure> {
+    pub async fn publisher(&self, tcp: TcpStream) -> Result<Session, Failure> {
         let client_id = format!("{}-{}-pub", self.options.client_id_prefix, self.agent);
         // Small messages at a steady rate: Nagle's algorithm would hold them back.
         let _ = tcp.set_nodelay(true);
+        self.connect(tcp, client_id).await
+    }
+
+    /// CONNECT as `client_id` and its accepting CONNACK.
+    async fn connect(&self, mut tcp: TcpStream, client_id: String) -> Result<Session, Failure> {
         let connect = self.connect_packet(client_id)?;
         tcp.write_all(&connect).await.map_err(|e| Failure::io(&e))?;
         let mut session = Session::new(tcp, self.options.version);
@@ -139,13 +144,10 @@ impl Client {
     }
 
     /// CONNECT, CONNACK, and SUBSCRIBE / SUBACK if asked for.
-    pub async fn handshake(&self, mut tcp: TcpStream, slot: u64) -> Result<Session, Failure> {
+    pub async fn handshake(&self, tcp: TcpStream, slot: u64) -> Result<Session, Failure> {
         let client_id = self.client_id(slot);
         let topics = self.topics(slot, &client_id);
-        let connect = self.connect_packet(client_id)?;
-        tcp.write_all(&connect).await.map_err(|e| Failure::io(&e))?;
-        let mut session = Session::new(tcp, self.options.version);
-        session.connack().await?;
+        let mut session = self.connect(tcp, client_id).await?;
         if topics.is_empty() {
             return Ok(session);
         }
@@ -224,7 +226,7 @@ pub struct Session {
     version: MqttVersion,
     /// PUBLISH packets that arrived while a handshake or heartbeat waited (see
     /// `protocol::Session::take_arrivals`).
-    pub(super) arrivals: Vec<Option<u64>>,
+    pub(super) arrivals: super::Arrivals,
 }
 
 impl Session {
@@ -233,7 +235,7 @@ impl Session {
             tcp,
             buf: BytesMut::with_capacity(256),
             version,
-            arrivals: Vec::new(),
+            arrivals: super::Arrivals::default(),
         }
     }
 
@@ -269,11 +271,7 @@ impl Session {
 
     /// PINGREQ, answered by PINGRESP.
     pub async fn heartbeat(&mut self) -> Result<(), Failure> {
-        // PINGREQ is two fixed bytes at both protocol levels.
-        self.tcp
-            .write_all(&[0xC0, 0x00])
-            .await
-            .map_err(|e| Failure::io(&e))?;
+        self.ping().await?;
         loop {
             match self.next().await? {
                 Incoming::PingResp => return Ok(()),
@@ -300,31 +298,16 @@ impl Session {
 
     /// A QoS 0 PUBLISH of `payload` to `topic`.
     pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), Failure> {
-        let mut buf = BytesMut::with_capacity(payload.len() + topic.len() + 16);
-        let written = match self.version {
-            MqttVersion::V311 => v4::Packet::Publish(v4::Publish::new(
-                topic,
-                rumqttc::mqttbytes::QoS::AtMostOnce,
-                payload,
-            ))
-            .write(&mut buf, MAX_PACKET)
-            .is_ok(),
-            MqttVersion::V5 => v5::Packet::Publish(v5::Publish::new(
-                topic,
-                rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                Bytes::copy_from_slice(payload),
-                None,
-            ))
-            .write(&mut buf, None)
-            .is_ok(),
-        };
-        if !written {
-            return Err(Failure::kind(ErrorKind::Other));
-        }
-        self.tcp.write_all(&buf).await.map_err(|e| Failure::io(&e))
+        let packet = encode_publish(self.version, topic, payload)
+            .ok_or_else(|| Failure::kind(ErrorKind::Other))?;
+        self.tcp
+            .write_all(&packet)
+            .await
+            .map_err(|e| Failure::io(&e))
     }
 
-    /// A PINGREQ whose answer nobody waits for: keeps an idle publisher's session alive.
+    /// A PINGREQ (two fixed bytes at both protocol levels), its answer left to the reader:
+    /// `heartbeat` waits for it, an idle publisher sends it to keep its session alive.
     pub async fn ping(&mut self) -> Result<(), Failure> {
         self.tcp
             .write_all(&[0xC0, 0x00])
@@ -419,12 +402,13 @@ fn v5_code(code: v5::ConnectReturnCode) -> u8 {
 /// full loses the message, as a broker may drop QoS 0 traffic for a slow client.
 #[derive(Default)]
 pub struct Broker {
-    topics: Mutex<HashMap<String, Vec<Subscriber>>>,
+    /// Per topic, its subscribers by connection: a connection leaves in O(1) however many
+    /// share its topic.
+    topics: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
     next_id: AtomicU64,
 }
 
 struct Subscriber {
-    connection: u64,
     version: MqttVersion,
     outbox: mpsc::Sender<Bytes>,
 }
@@ -436,7 +420,7 @@ const OUTBOX: usize = 64;
 const MAX_TOPICS_PER_CONNECTION: usize = 16;
 
 impl Broker {
-    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<u64, Subscriber>>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -450,7 +434,7 @@ impl Broker {
         };
         let mut encoded: [Option<Bytes>; 2] = [None, None];
         let mut reached = 0;
-        subscribers.retain(|s| {
+        subscribers.retain(|_, s| {
             let slot = &mut encoded[usize::from(s.version == MqttVersion::V5)];
             if slot.is_none() {
                 *slot = encode_publish(s.version, topic, payload);
@@ -478,7 +462,7 @@ impl Broker {
         let mut topics = self.topics();
         for topic in subscribed {
             if let Some(subscribers) = topics.get_mut(topic) {
-                subscribers.retain(|s| s.connection != connection);
+                subscribers.remove(&connection);
                 if subscribers.is_empty() {
                     topics.remove(topic);
                 }
@@ -487,20 +471,21 @@ impl Broker {
     }
 }
 
-fn encode_publish(version: MqttVersion, topic: &str, payload: &Bytes) -> Option<Bytes> {
-    let mut out = BytesMut::with_capacity(payload.len() + topic.len() + 8);
+/// A QoS 0 PUBLISH packet at `version`; `None` if the codec refuses it (too large).
+fn encode_publish(version: MqttVersion, topic: &str, payload: &[u8]) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(payload.len() + topic.len() + 16);
     let written = match version {
         MqttVersion::V311 => v4::Packet::Publish(v4::Publish::new(
             topic,
             rumqttc::mqttbytes::QoS::AtMostOnce,
-            payload.to_vec(),
+            payload,
         ))
         .write(&mut out, MAX_PACKET)
         .is_ok(),
         MqttVersion::V5 => v5::Packet::Publish(v5::Publish::new(
             topic,
             rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-            payload.clone(),
+            Bytes::copy_from_slice(payload),
             None,
         ))
         .write(&mut out, None)
@@ -545,11 +530,13 @@ impl<'a> Membership<'a> {
             if self.subscribed.contains(&topic) {
                 continue;
             }
-            all.entry(topic.clone()).or_default().push(Subscriber {
-                connection: self.connection,
-                version,
-                outbox: outbox.clone(),
-            });
+            all.entry(topic.clone()).or_default().insert(
+                self.connection,
+                Subscriber {
+                    version,
+                    outbox: outbox.clone(),
+                },
+            );
             self.subscribed.push(topic);
         }
     }

@@ -186,7 +186,8 @@ fn protocol_details(profile: &Profile) -> String {
         parts.push(format!("MQTT {version}"));
         if let Some(f) = &mqtt.fanout {
             parts.push(format!(
-                "fan-out {} msg/s of {} bytes over {} topic(s), about {} subscriber(s) each",
+                "fan-out {} msg/s of {} bytes over {} topic(s) per agent, \
+                 about {} subscriber(s) each in a single process",
                 f.rate,
                 f.payload_bytes,
                 f.topics,
