@@ -273,3 +273,46 @@ pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, b
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that never reads its stream gets no more pushes than its window holds: the
+    /// sink skips them instead of queueing them without bound.
+    #[tokio::test]
+    async fn pushes_stop_at_a_client_window_that_is_never_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bytes = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = bytes.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            serve(tcp, Some(std::time::Duration::from_millis(1)), &counted).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let window = 1024;
+        let (mut send, conn) = h2::client::Builder::new()
+            .initial_window_size(window)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = http::Request::get("http://sink/").body(()).unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let _body = response.await.unwrap().into_body();
+        // 300 push intervals; every one would add a frame without the window check.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let sent = bytes.load(Ordering::Relaxed);
+        let frame = stamped_frame().len() as u64;
+        assert!(
+            sent <= u64::from(window) + frame,
+            "{sent} bytes pushed into a {window}-byte window"
+        );
+        assert!(sent >= u64::from(window) / 2, "only {sent} bytes pushed");
+        server.abort();
+        driver.abort();
+    }
+}
