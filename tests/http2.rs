@@ -204,26 +204,13 @@ async fn goaway_and_rst_stream_are_classified_with_their_error_codes() {
 /// profile's interval too (without it each stream would get its one opening frame).
 #[test]
 fn a_local_swarms_sinks_push_at_the_profiles_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("h2.json");
     let n = 100;
     let mut p = profile(
         n,
         json!([{"ramp": {"rate": 1000}}, {"hold": {"for": "1s"}}]),
     );
     p["http2"]["push_interval"] = json!("100ms");
-    std::fs::write(&file, p.to_string()).unwrap();
-    let out = dir.path().join("out");
-    let status = common::bin()
-        .args(["run", "--agents", "2", "--headless", "--quiet", "--out"])
-        .arg(&out)
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let s = common::read_json(&out.join("summary.json"));
+    let s = common::run_local_swarm(&p, 2);
     let received = s["messages"]["received"].as_u64().unwrap();
     // About ten pushes a stream; half that allows for a busy host's late ticks.
     assert!(received >= n * 5, "{received} frames from {n} streams");

@@ -256,34 +256,29 @@ fn fanout_profile(target: Value, version: &str) -> Value {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fanout_reaches_each_topics_subscribers_and_times_delivery_against_the_sink() {
+/// The fan-out probe at both protocol levels against `target`, named `peer` in the log.
+async fn fanout_at_both_levels(target: Value, peer: &str) {
     for version in ["3.1.1", "5"] {
-        let result = run_json(&fanout_profile(json!("embedded"), version), false, None).await;
+        let result = run_json(&fanout_profile(target.clone(), version), false, None).await;
         let s = &result.summary;
         assert_clean_hold(s, 300);
         assert_fanout(s, 300, 10, 100.0);
         eprintln!(
-            "fan-out {version} (sink): {:?}, delivery p50 {:?} us p99 {:?} us",
+            "fan-out {version} ({peer}): {:?}, delivery p50 {:?} us p99 {:?} us",
             s.messages, s.latency_us.delivery.p50, s.latency_us.delivery.p99
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_reaches_each_topics_subscribers_and_times_delivery_against_the_sink() {
+    fanout_at_both_levels(json!("embedded"), "sink").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_through_a_real_mosquitto() {
     let broker = Mosquitto::start(true);
-    for version in ["3.1.1", "5"] {
-        let target = json!({"addrs": [broker.addr.to_string()]});
-        let result = run_json(&fanout_profile(target, version), false, None).await;
-        let s = &result.summary;
-        assert_clean_hold(s, 300);
-        assert_fanout(s, 300, 10, 100.0);
-        eprintln!(
-            "fan-out {version} (mosquitto): {:?}, delivery p50 {:?} us p99 {:?} us",
-            s.messages, s.latency_us.delivery.p50, s.latency_us.delivery.p99
-        );
-    }
+    fanout_at_both_levels(json!({"addrs": [broker.addr.to_string()]}), "mosquitto").await;
 }
 
 /// A local swarm of two agents: each runs its own publisher at half the rate, for its own
@@ -291,22 +286,9 @@ async fn fanout_through_a_real_mosquitto() {
 /// its agent and none in the other (shared topics would double `received`).
 #[test]
 fn each_agent_of_a_swarm_publishes_for_its_own_subscribers() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fanout.json");
     let mut p = fanout_profile(json!("embedded"), "5");
     p["connections"] = json!(200);
-    std::fs::write(&file, p.to_string()).unwrap();
-    let out = dir.path().join("out");
-    let status = common::bin()
-        .args(["run", "--agents", "2", "--headless", "--quiet", "--out"])
-        .arg(&out)
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
-    let s = common::read_json(&out.join("summary.json"));
+    let s = common::run_local_swarm(&p, 2);
     let published = s["messages"]["published"].as_u64().unwrap();
     let received = s["messages"]["received"].as_u64().unwrap();
     let plan_end = s["phases"].as_array().unwrap().last().unwrap()["end_s"]

@@ -131,6 +131,32 @@ impl Drop for SinkProcess {
     }
 }
 
+/// Plays `profile` with `stampede run --agents N --headless --out DIR` (a local swarm) and
+/// returns its summary.json, after checking that the run passed (exit 0).
+pub fn run_local_swarm(profile: &Value, agents: usize) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("profile.json");
+    std::fs::write(&file, profile.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let status = bin()
+        .args([
+            "run",
+            "--agents",
+            &agents.to_string(),
+            "--headless",
+            "--quiet",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the local swarm run did not pass");
+    read_json(&out.join("summary.json"))
+}
+
 /// Reads `reader` line by line until `pred` matches one, or panics after `limit`.
 pub fn wait_for_line(
     reader: &mut impl BufRead,
