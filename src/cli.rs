@@ -64,6 +64,7 @@ Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted (C
   stampede sink --listen 127.0.0.1:7443 --protocol tls --cert-out sink.pem
   stampede sink --listen 127.0.0.1:7080 --protocol ws --ws-path /push
   stampede sink --listen 127.0.0.1:7090 --protocol h2 --push-interval 1s
+  stampede sink --listen 127.0.0.1:7091 --protocol h2s --cert-out sink.pem
 
 Several sink processes may listen on the same address (SO_REUSEPORT) to hold more
 connections than one process's file limit allows; --workers N starts N of them and
@@ -269,7 +270,8 @@ pub struct SinkArgs {
     pub workers: Option<u16>,
     /// Protocol to speak: tcp, tls, ws (WebSocket), wss (WebSocket over TLS), mqtt (a
     /// minimal broker: CONNACK, PINGRESP, SUBACK, and PUBLISH routed to the subscribers of
-    /// its exact topic within this process) or h2 (HTTP/2 cleartext, prior knowledge).
+    /// its exact topic within this process), h2 (HTTP/2 cleartext, prior knowledge) or h2s
+    /// (HTTP/2 over TLS, ALPN h2).
     #[arg(long, value_name = "NAME", default_value = "tcp")]
     pub protocol: String,
     /// TLS certificate chain (PEM); without --cert/--key a self-signed one is generated.
@@ -295,9 +297,9 @@ const MIN_PUSH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The sink's protocol settings from its flags.
 fn sink_protocol(args: &SinkArgs) -> Result<crate::protocol::SinkProtocol, String> {
-    if args.push_interval.is_some() && args.protocol != "h2" {
+    if args.push_interval.is_some() && !matches!(args.protocol.as_str(), "h2" | "h2s") {
         return Err(format!(
-            "--push-interval needs --protocol h2, not {:?}; remove it or speak h2",
+            "--push-interval needs --protocol h2 or h2s, not {:?}; remove it or speak HTTP/2",
             args.protocol
         ));
     }
@@ -852,7 +854,7 @@ async fn sink_command(args: SinkArgs) -> i32 {
     if let Some(path) = &args.cert_out {
         let Some(cert) = &cert else {
             eprint_line(&format!(
-                "stampede sink: --cert-out needs a TLS protocol (tls or wss), not {:?}",
+                "stampede sink: --cert-out needs a TLS protocol (tls, wss or h2s), not {:?}",
                 args.protocol
             ));
             return 2;
@@ -1059,7 +1061,7 @@ fn sink_workers_certificate(
     let Some(served) = served else {
         return match &args.cert_out {
             Some(_) => Err(format!(
-                "--cert-out needs a TLS protocol (tls or wss), not {:?}",
+                "--cert-out needs a TLS protocol (tls, wss or h2s), not {:?}",
                 args.protocol
             )),
             None => Ok(None),

@@ -122,6 +122,8 @@ pub enum ErrorDetail {
     ReasonCode(u8),
     /// An HTTP/2 error code (GOAWAY or RST_STREAM).
     H2Reason(u32),
+    /// The TLS server did not choose `h2` by ALPN, so HTTP/2 cannot start.
+    NoAlpnH2,
 }
 
 impl ErrorDetail {
@@ -142,6 +144,7 @@ impl ErrorDetail {
             ErrorDetail::HttpStatus(status) => format!("HTTP {status}"),
             ErrorDetail::ReasonCode(code) => format!("reason code {code:#04x}"),
             ErrorDetail::H2Reason(code) => format!("error code {code:#x}"),
+            ErrorDetail::NoAlpnH2 => "server did not choose h2 by ALPN".into(),
         }
     }
 }

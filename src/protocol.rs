@@ -94,8 +94,8 @@ impl Connector {
                 Some(mqtt) => Connector::Mqtt(mqtt::Client::new(mqtt)),
                 None => return Err("mqtt: options missing".into()),
             },
-            (Protocol::Http2, _) => match &options.http2 {
-                Some(h2) => Connector::Http2(http2::Client::new(h2)),
+            (Protocol::Http2, tls) => match &options.http2 {
+                Some(h2) => Connector::Http2(http2::Client::new(h2, tls)),
                 None => return Err("http2: options missing".into()),
             },
             (other, _) => {
@@ -251,8 +251,12 @@ pub enum Acceptor {
     WebSocket(Arc<websocket::Server>),
     /// Topics and their subscribers are shared by every connection of the sink process.
     Mqtt(Arc<mqtt::Broker>),
-    /// With a push interval, every stream gets a stamped DATA frame that often.
-    Http2(Option<std::time::Duration>),
+    /// With a push interval, every stream gets a stamped DATA frame that often; with a TLS
+    /// configuration (ALPN `h2`), HTTP/2 runs over TLS.
+    Http2 {
+        push: Option<std::time::Duration>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    },
 }
 
 impl Acceptor {
@@ -263,7 +267,8 @@ impl Acceptor {
             Acceptor::WebSocket(server) if server.tls.is_some() => "wss",
             Acceptor::WebSocket(_) => "ws",
             Acceptor::Mqtt(_) => "mqtt",
-            Acceptor::Http2(_) => "h2",
+            Acceptor::Http2 { tls: Some(_), .. } => "h2s",
+            Acceptor::Http2 { tls: None, .. } => "h2",
         }
     }
 
@@ -282,7 +287,15 @@ impl Acceptor {
             }
             Acceptor::WebSocket(server) => server.serve(tcp, stats).await,
             Acceptor::Mqtt(broker) => mqtt::serve(tcp, broker, &stats.bytes).await,
-            Acceptor::Http2(push) => http2::serve(tcp, *push, &stats.bytes).await,
+            Acceptor::Http2 { push, tls: None } => http2::serve(tcp, *push, &stats.bytes).await,
+            Acceptor::Http2 {
+                push,
+                tls: Some(config),
+            } => {
+                if let Some(stream) = Box::pin(tls::accept(config.clone(), tcp, stats)).await {
+                    http2::serve(stream, *push, &stats.bytes).await;
+                }
+            }
         }
     }
 }
@@ -302,7 +315,7 @@ pub struct SinkProtocol {
 }
 
 /// Names `stampede sink --protocol` accepts.
-pub const SINK_PROTOCOLS: [&str; 6] = ["tcp", "tls", "ws", "wss", "mqtt", "h2"];
+pub const SINK_PROTOCOLS: [&str; 7] = ["tcp", "tls", "ws", "wss", "mqtt", "h2", "h2s"];
 
 impl SinkProtocol {
     /// What the embedded sink must speak for `profile`.
@@ -320,6 +333,15 @@ impl SinkProtocol {
             }
             Protocol::WebSocket => "ws",
             Protocol::Mqtt => "mqtt",
+            Protocol::Http2
+                if profile
+                    .protocol_options
+                    .http2
+                    .as_ref()
+                    .is_some_and(|h| h.secure) =>
+            {
+                "h2s"
+            }
             Protocol::Http2 => "h2",
             _ => "tcp",
         };
@@ -359,7 +381,26 @@ impl SinkProtocol {
         Ok(match self.name.as_str() {
             "tcp" => (Acceptor::Tcp, None),
             "mqtt" => (Acceptor::Mqtt(Arc::new(mqtt::Broker::default())), None),
-            "h2" => (Acceptor::Http2(self.push_interval), None),
+            "h2" => (
+                Acceptor::Http2 {
+                    push: self.push_interval,
+                    tls: None,
+                },
+                None,
+            ),
+            "h2s" => {
+                let (config, cert) = tls()?;
+                // HTTP/2 over TLS is agreed by ALPN.
+                let mut config = Arc::unwrap_or_clone(config);
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                (
+                    Acceptor::Http2 {
+                        push: self.push_interval,
+                        tls: Some(Arc::new(config)),
+                    },
+                    Some(cert),
+                )
+            }
             "tls" => {
                 let (config, cert) = tls()?;
                 (Acceptor::Tls(config), Some(cert))

@@ -219,3 +219,51 @@ fn a_local_swarms_sinks_push_at_the_profiles_interval() {
         Some(received)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_sink_is_chosen_by_alpn_and_pushes() {
+    let n = 200;
+    let mut p = profile(
+        n,
+        json!([{"ramp": {"rate": 2000}}, {"hold": {"for": "1s"}}]),
+    );
+    p["http2"]["scheme"] = json!("https");
+    p["http2"]["push_interval"] = json!("200ms");
+    p["tls"] = json!({"server_name": "localhost"});
+    let s = run_json(&p, false, None).await.summary;
+    assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
+    assert_eq!(s.connections.established, n);
+    assert_eq!(s.connections.open_at_end, n);
+    // TLS, then the HTTP/2 preface, SETTINGS and the request, timed as one handshake.
+    assert_eq!(s.latency_us.handshake.count, n);
+    assert_eq!(s.heartbeats.answered, s.heartbeats.sent);
+    // The frame at open and about five pushes each; without them it would be n.
+    assert!(s.messages.received >= n * 3, "{:?}", s.messages);
+    assert_eq!(s.latency_us.delivery.count, s.messages.received);
+}
+
+/// A TLS server that does not choose h2 by ALPN (the sink's plain TLS echo) fails every
+/// connection at its handshake, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_without_alpn_h2_is_a_classified_handshake_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("sink.pem");
+    let pem_arg = pem.display().to_string();
+    let sink = common::SinkProcess::start_with(&["--protocol", "tls", "--cert-out", &pem_arg]);
+    let n = 20;
+    let mut p = profile(
+        n,
+        json!([{"ramp": {"rate": 1000}}, {"hold": {"for": "300ms"}}]),
+    );
+    p["target"] = json!({"addrs": [sink.addr.to_string()]});
+    p["reconnect"] = json!({"policy": "none"});
+    p["http2"]["scheme"] = json!("https");
+    p["tls"] = json!({"server_name": "localhost", "ca_file": pem});
+    let s = run_json(&p, false, None).await.summary;
+    assert_eq!(s.connections.established, 0);
+    assert_eq!(
+        s.error_details["tls_handshake"]["server did not choose h2 by ALPN"], n,
+        "{:?}",
+        s.error_details
+    );
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Protocol memory benchmark: RSS per held connection for tcp, tls (with and without session
-# resumption), ws, wss, mqtt (5, subscribed) and h2 (one streaming request), client and
-# sink, with the same method as hold.sh's marginal figure.
+# resumption), ws, wss, mqtt (5, subscribed), h2 (one streaming request) and h2s (the same over
+# TLS, ALPN h2), client and sink, with the same method as hold.sh's marginal figure.
 #
 # For each protocol P, one after the other:
 #   1. start `stampede sink --protocol P` on 127.0.0.1:PORT and wait for its "listening on" line;
@@ -30,7 +30,7 @@ PORT=${PORT:-7300}
 PAYLOAD=${PAYLOAD:-16}
 SETTLE=${SETTLE:-2}
 WINDOW=${WINDOW:-5}
-PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss mqtt h2}
+PROTOCOLS=${PROTOCOLS:-tcp tls tls-noresume ws wss mqtt h2 h2s}
 RATE=${RATE:-500}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -81,6 +81,7 @@ profile() {
         wss) extra="\"protocol\":\"websocket\",\"websocket\":{\"scheme\":\"wss\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
         mqtt) extra='"protocol":"mqtt","mqtt":{"version":"5","subscribe":true}' ;;
         h2) extra='"protocol":"http2"' ;;
+        h2s) extra="\"protocol\":\"http2\",\"http2\":{\"scheme\":\"https\"},\"tls\":{\"server_name\":\"localhost\",\"ca_file\":\"$ca\"}" ;;
     esac
     cat > "$WORK/$proto.json" <<EOF
 {"name":"mem-$proto","target":{"addrs":["127.0.0.1:$PORT"]},$extra,"connections":$CONNECTIONS,
@@ -126,7 +127,7 @@ echo "protocols.sh: stampede built from $(cd "$ROOT" && git rev-parse --short HE
 # certificate files (a file of an earlier sink must never pass for this one's).
 start_sink() {
     local cert=() sink_protocol=${1%-noresume}
-    [[ $sink_protocol == tls || $sink_protocol == wss ]] && cert=(--cert-out "$WORK/$1-$2.pem")
+    [[ $sink_protocol == tls || $sink_protocol == wss || $sink_protocol == h2s ]] && cert=(--cert-out "$WORK/$1-$2.pem")
     "$STAMPEDE" sink --listen "127.0.0.1:$PORT" --protocol "$sink_protocol" --quiet "${cert[@]}" \
         > "$WORK/sink-$1-$2.out" 2>&1 &
     SINK=$!

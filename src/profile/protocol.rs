@@ -47,7 +47,8 @@ impl Protocol {
     }
 }
 
-/// TLS client settings, for `tls` and for `websocket` with `scheme: "wss"`.
+/// TLS client settings, for `tls`, for `websocket` with `scheme: "wss"` and for `http2` with
+/// `scheme: "https"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TlsOptions {
     /// SNI and the name the certificate must carry; `None` verifies the target's IP address
@@ -137,6 +138,9 @@ pub const MAX_FANOUT_PAYLOAD: usize = 60 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Http2Options {
+    /// `https`: HTTP/2 over TLS with ALPN `h2`, under the `tls` options; otherwise cleartext
+    /// with prior knowledge (h2c).
+    pub secure: bool,
     /// Path of the one long-lived streaming request per connection.
     pub path: String,
     /// `:authority`; `None` sends the target's IP:port.
@@ -211,6 +215,8 @@ pub(super) struct RawHttp2 {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     push_interval: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,13 +318,15 @@ pub(super) fn validate(
         )?),
         None => None,
     };
-    let needs_tls = protocol == Protocol::Tls || websocket.as_ref().is_some_and(|ws| ws.secure);
+    let needs_tls = protocol == Protocol::Tls
+        || websocket.as_ref().is_some_and(|ws| ws.secure)
+        || http2.as_ref().is_some_and(|h2| h2.secure);
     let tls = match raw.tls {
         Some(_) if !needs_tls => {
             return Err(ProfileError::at(
                 "tls",
                 format!(
-                    "given, but protocol {:?} does not use TLS; use \"protocol\": \"tls\", or \"websocket\" with \"scheme\": \"wss\"",
+                    "given, but protocol {:?} does not use TLS; use \"protocol\": \"tls\", \"websocket\" with \"scheme\": \"wss\" or \"http2\" with \"scheme\": \"https\"",
                     protocol.name()
                 ),
             ));
@@ -335,6 +343,25 @@ pub(super) fn validate(
             target,
         )?),
         None => None,
+    };
+    // HTTP/2 over TLS is chosen by ALPN: offer h2 unless the profile offers its own list,
+    // which must then include it.
+    let tls = match (tls, http2.as_ref().is_some_and(|h2| h2.secure)) {
+        (Some(mut tls), true) => {
+            if tls.alpn.is_empty() {
+                tls.alpn = vec!["h2".into()];
+            } else if !tls.alpn.iter().any(|p| p == "h2") {
+                return Err(ProfileError::at(
+                    "tls.alpn",
+                    format!(
+                        "{:?} leaves out \"h2\", which HTTP/2 over TLS is chosen by; add it or remove \"alpn\"",
+                        tls.alpn
+                    ),
+                ));
+            }
+            Some(tls)
+        }
+        (tls, _) => tls,
     };
     Ok((
         protocol,
@@ -524,7 +551,20 @@ fn validate_http2(raw: RawHttp2) -> Result<Http2Options, ProfileError> {
             format!("{every:?} is too short; give at least \"1ms\""),
         ));
     }
+    let secure = match raw.scheme.as_deref() {
+        None | Some("http") => false,
+        Some("https") => true,
+        Some(other) => {
+            return Err(ProfileError::at(
+                "http2.scheme",
+                format!(
+                    "{other:?} is not valid; expected \"http\" (h2c, prior knowledge) or \"https\" (over TLS, ALPN h2)"
+                ),
+            ));
+        }
+    };
     Ok(Http2Options {
+        secure,
         path,
         authority: raw.authority,
         headers: raw.headers,

@@ -1,5 +1,5 @@
-//! HTTP/2 with the h2 crate, cleartext with prior knowledge (h2c): one long-lived streaming
-//! GET per connection whose response the server never ends, HTTP/2 PING as the heartbeat,
+//! HTTP/2 with the h2 crate, cleartext with prior knowledge (h2c) or over TLS with ALPN `h2`:
+//! one long-lived streaming GET per connection whose response the server never ends, HTTP/2 PING as the heartbeat,
 //! server-sent DATA frames reported as messages (timed when stamped), GOAWAY as `h2_goaway`
 //! and RST_STREAM as `h2_reset` with the HTTP/2 error code as the detail; and the sink's side
 //! (answers 200, sends a stamped DATA frame at once and, if asked, every push interval, keeps
@@ -16,33 +16,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use h2::{Ping, PingPong, RecvStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{Event, Failure};
 use crate::metrics::{ErrorDetail, ErrorKind};
 use crate::profile::protocol::Http2Options;
 
+/// What HTTP/2 runs on: a TCP connection, or TLS over one.
+pub trait Io: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> Io for T {}
+
 /// A run's HTTP/2 client settings.
 pub struct Client {
     path: String,
     authority: Option<String>,
     headers: BTreeMap<String, String>,
+    /// `https`: TLS first, with ALPN `h2` offered (the profile sees to that).
+    tls: Option<super::tls::Client>,
 }
 
 impl Client {
-    pub fn new(options: &Http2Options) -> Client {
+    pub fn new(options: &Http2Options, tls: Option<super::tls::Client>) -> Client {
         Client {
             path: options.path.clone(),
             authority: options.authority.clone(),
             headers: options.headers.clone(),
+            tls,
         }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     fn request(&self, target: SocketAddr) -> Result<http::Request<()>, Failure> {
         let authority = self.authority.clone().unwrap_or_else(|| target.to_string());
-        let mut request = http::Request::builder()
-            .method("GET")
-            .uri(format!("http://{authority}{}", self.path));
+        let mut request = http::Request::builder().method("GET").uri(format!(
+            "{}://{authority}{}",
+            self.scheme(),
+            self.path
+        ));
         for (name, value) in &self.headers {
             request = request.header(name.as_str(), value.as_str());
         }
@@ -52,14 +66,29 @@ impl Client {
             .map_err(|_| Failure::kind(ErrorKind::Other))
     }
 
-    /// Preface and SETTINGS, then the streaming request up to its response headers.
+    /// TLS if asked for (the server must choose `h2` by ALPN), then the preface and SETTINGS,
+    /// then the streaming request up to its response headers.
     pub async fn handshake(&self, tcp: TcpStream, target: SocketAddr) -> Result<Session, Failure> {
         let request = self.request(target)?;
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let stream = tls.handshake(tcp, target).await?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    // The server did not agree to HTTP/2: it would not understand the preface.
+                    return Err(Failure {
+                        kind: ErrorKind::TlsHandshake,
+                        detail: Some(ErrorDetail::NoAlpnH2),
+                    });
+                }
+                stream
+            }
+        };
         let (mut send, mut conn) = h2::client::Builder::new()
             // One stream per connection: keep h2's per-connection buffers small.
             .initial_window_size(64 * 1024)
             .max_send_buffer_size(16 * 1024)
-            .handshake::<_, Bytes>(tcp)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| classify(&e))?;
         let ping = conn
@@ -116,7 +145,7 @@ fn ended_with(result: Result<(), h2::Error>) -> Failure {
 
 /// An established HTTP/2 connection with its one streaming response.
 pub struct Session {
-    conn: Connection<TcpStream, Bytes>,
+    conn: Connection<Box<dyn Io>, Bytes>,
     /// Kept: dropping the last request handle lets h2 wind the connection down.
     _send: SendRequest<Bytes>,
     ping: PingPong,
@@ -223,12 +252,16 @@ fn was_reset(send: &mut h2::SendStream<Bytes>) -> bool {
 /// The sink's HTTP/2 side: answers every request 200 with a stamped DATA frame, sends another
 /// on every open stream each `push_interval` if given (within the client's flow-control
 /// window), and keeps its streams open until the client goes. `bytes` counts DATA bytes sent.
-pub async fn serve(tcp: TcpStream, push_interval: Option<std::time::Duration>, bytes: &AtomicU64) {
+pub async fn serve(
+    io: impl AsyncRead + AsyncWrite + Unpin,
+    push_interval: Option<std::time::Duration>,
+    bytes: &AtomicU64,
+) {
     let Ok(mut conn) = h2::server::Builder::new()
         .initial_window_size(64 * 1024)
         .max_send_buffer_size(16 * 1024)
         .max_concurrent_streams(MAX_STREAMS)
-        .handshake::<_, Bytes>(tcp)
+        .handshake::<_, Bytes>(io)
         .await
     else {
         return;

@@ -195,6 +195,13 @@ fn protocol_details(profile: &Profile) -> String {
             ));
         }
     }
+    if let Some(h2) = &options.http2 {
+        parts.push(if h2.secure {
+            "HTTP/2 over TLS (ALPN h2)".to_string()
+        } else {
+            "HTTP/2 cleartext (h2c, prior knowledge)".to_string()
+        });
+    }
     if let Some(h2) = options.http2.as_ref().and_then(|h| h.push_interval) {
         parts.push(format!(
             "the embedded sink pushes a frame every {}",
