@@ -4,6 +4,7 @@
 //! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `conn`: one plain TCP connection's state machine (connect, heartbeats, failure kinds).
 //! - `layered`: one connection of a protocol above TCP (connect, handshake, its heartbeats).
+//! - `publisher`: the MQTT fan-out publisher, one per agent on its first worker.
 //! - `table`: plain TCP connections without a task each: one epoll set and one timer queue
 //!   per worker.
 //! - `shard`: a worker thread with its own runtime, its slots and its histograms.

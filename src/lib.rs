@@ -6,9 +6,10 @@
 //!   `--set` overrides) and laid on the clock (`profile::timeline`).
 //! - `agent`: the engine that opens and holds connections: source-address pool, socket2
 //!   sockets, the connection table for plain TCP, the per-connection path of other protocols,
-//!   and per-thread workers.
+//!   the MQTT fan-out publisher, and per-thread workers.
 //! - `protocol`: protocols above TCP (TLS, WebSocket, MQTT, HTTP/2): handshakes, heartbeats,
-//!   failure classification, client and sink side.
+//!   server-sent messages and their send-time stamps, failure classification, client and sink
+//!   side.
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
 //! - `collect`: merges interval snapshots from workers or agents into every output.
