@@ -39,12 +39,8 @@ async fn every_connection_holds_a_stream_and_answers_pings() {
     assert_eq!(s.connections.reconnects, 0);
     assert_eq!(s.latency_us.handshake.count, n);
     assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
-    assert_eq!(
-        s.heartbeats.answered, s.heartbeats.sent,
-        "{:?}",
-        s.heartbeats
-    );
-    assert_eq!(s.latency_us.heartbeat_rtt.count, s.heartbeats.answered);
+    // Those sent in the last 100 ms of 500 ms heartbeats may still be in flight at the end.
+    common::assert_heartbeats_answered(s, n / 5);
     // Without a push interval the sink sends one stamped DATA frame as each stream opens.
     assert_eq!(s.messages.received, n, "{:?}", s.messages);
     assert_eq!(s.latency_us.delivery.count, n);
@@ -236,7 +232,7 @@ async fn over_tls_the_sink_is_chosen_by_alpn_and_pushes() {
     assert_eq!(s.connections.open_at_end, n);
     // TLS, then the HTTP/2 preface, SETTINGS and the request, timed as one handshake.
     assert_eq!(s.latency_us.handshake.count, n);
-    assert_eq!(s.heartbeats.answered, s.heartbeats.sent);
+    common::assert_heartbeats_answered(&s, n / 5);
     // The frame at open and about five pushes each; without them it would be n.
     assert!(s.messages.received >= n * 3, "{:?}", s.messages);
     assert_eq!(s.latency_us.delivery.count, s.messages.received);

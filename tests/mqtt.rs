@@ -92,8 +92,11 @@ fn hold(ramp_rate: u64, hold: &str) -> Value {
     json!([{"ramp": {"rate": ramp_rate}}, {"hold": {"for": hold}}])
 }
 
-/// Every client connected once, stayed, and answered its PINGREQs: no broker kicked a client
-/// for a duplicate id, no CONNACK refused, nothing reconnected.
+/// Every client connected once, stayed, and had its PINGREQs answered: no broker kicked a
+/// client for a duplicate id, no CONNACK refused, nothing reconnected. A PINGREQ sent in the
+/// run's last moments may still be unanswered when the run ends; with 500 ms heartbeats
+/// spread evenly, those sent in the last 100 ms are at most a fifth of the clients (a broker
+/// busy with fan-out answers in tens of milliseconds at worst).
 fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
     assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
     assert_eq!(s.connections.established, n);
@@ -101,12 +104,7 @@ fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
     assert_eq!(s.connections.reconnects, 0);
     assert_eq!(s.latency_us.handshake.count, n);
     assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
-    assert_eq!(
-        s.heartbeats.answered, s.heartbeats.sent,
-        "{:?}",
-        s.heartbeats
-    );
-    assert_eq!(s.latency_us.heartbeat_rtt.count, s.heartbeats.answered);
+    common::assert_heartbeats_answered(s, n / 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,12 +131,14 @@ pub fn render(summary: &Summary) -> String {
         summary.heartbeats.sent, summary.heartbeats.answered
     );
     let m = &summary.messages;
-    if m.published > 0 || m.received > 0 {
+    if m.published > 0 {
         let _ = writeln!(
             out,
             "messages     published {}  received {}",
             m.published, m.received
         );
+    } else if m.received > 0 {
+        let _ = writeln!(out, "messages     received {}", m.received);
     }
     let _ = writeln!(out, "errors       {}", errors_text(&summary.errors.0));
     for (kind, details) in &summary.error_details {

@@ -131,6 +131,17 @@ impl Drop for SinkProcess {
     }
 }
 
+/// Every heartbeat was answered but those still in flight when the run ended: at most
+/// `in_flight` (one a connection at the very most), and each answer was timed.
+pub fn assert_heartbeats_answered(s: &stampede::report::summary::Summary, in_flight: u64) {
+    let h = &s.heartbeats;
+    assert!(
+        h.answered <= h.sent && h.sent - h.answered <= in_flight,
+        "{h:?}: more unanswered than the {in_flight} that could be in flight at the end"
+    );
+    assert_eq!(s.latency_us.heartbeat_rtt.count, h.answered);
+}
+
 /// Plays `profile` with `stampede run --agents N --headless --out DIR` (a local swarm) and
 /// returns its summary.json, after checking that the run passed (exit 0).
 pub fn run_local_swarm(profile: &Value, agents: usize) -> Value {
