@@ -368,14 +368,9 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
                 .into(),
         ));
     }
-    let nlb_watch = match options.profile.nlb {
-        Some(link) => Some(
-            crate::nlb::NlbWatch::start(link.admin)
-                .await
-                .map_err(RunError::Plan)?,
-        ),
-        None => None,
-    };
+    let nlb_watch = crate::nlb::NlbWatch::for_profile(&options.profile)
+        .await
+        .map_err(RunError::Plan)?;
     // A directory that cannot be written is refused before anyone joins.
     let hlog = open_outputs(&options.outputs, &options.profile.name).map_err(RunError::Plan)?;
     let expected = options.agents;

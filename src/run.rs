@@ -230,14 +230,9 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         workers: options.workers,
         allow_overcommit: options.allow_overcommit,
     })?;
-    let nlb_watch = match options.profile.nlb {
-        Some(link) => Some(
-            crate::nlb::NlbWatch::start(link.admin)
-                .await
-                .map_err(RunError::Plan)?,
-        ),
-        None => None,
-    };
+    let nlb_watch = crate::nlb::NlbWatch::for_profile(&options.profile)
+        .await
+        .map_err(RunError::Plan)?;
     let profile = &options.profile;
     let spans = timeline::spans(profile);
     let outputs = Outputs {

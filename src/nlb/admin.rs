@@ -2,19 +2,18 @@
 //! (Prometheus text), `GET /metrics.json`, `POST /targets/ADDR/deregister` and
 //! `POST /targets/ADDR/register`. And the client the harness uses.
 //!
-//! The same tiny HTTP/1.1 server as the sink's (one request per connection, bounded head,
-//! body and time); no authentication, so keep it on loopback or a private network.
+//! Served by the sink's tiny HTTP/1.1 server (`sink::admin::serve_http`: one request per
+//! connection, bounded head, body and time); no authentication, so keep it on loopback or a
+//! private network.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::{Nlb, NlbMetrics};
-use crate::sink::admin::{MAX_DRAIN, REQUEST_TIMEOUT, Request, Response, call, read_request};
+use crate::sink::admin::{Request, Response, call, serve_http};
 
 /// Register or deregister, for `admin_target`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,41 +33,12 @@ impl TargetChange {
 
 /// Serves the admin endpoint until `shutdown` completes.
 pub async fn serve_admin(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let nlb = nlb.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &nlb)).await;
-                    });
-                }
-                // Out of descriptors, most likely (flows hold two each): back off, keep serving.
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            },
-        }
-    }
-}
-
-async fn serve(mut stream: TcpStream, nlb: &Arc<Nlb>) -> std::io::Result<()> {
-    let bytes = match read_request(&mut stream).await? {
-        Ok(request) => respond(&request, nlb),
-        Err(response) => response.bytes(),
-    };
-    stream.write_all(&bytes).await?;
-    stream.shutdown().await?;
-    // Read what the client still sends, so closing does not reset away our answer.
-    let mut left = MAX_DRAIN;
-    let mut buf = [0u8; 1024];
-    while left > 0 {
-        match stream.read(&mut buf).await? {
-            0 => break,
-            n => left = left.saturating_sub(n),
-        }
-    }
-    Ok(())
+    serve_http(
+        listener,
+        move |request: &Request| respond(request, &nlb),
+        shutdown,
+    )
+    .await;
 }
 
 fn respond(request: &Request, nlb: &Arc<Nlb>) -> Vec<u8> {

@@ -69,6 +69,16 @@ pub struct NlbWatch {
 }
 
 impl NlbWatch {
+    /// Watches the emulator the profile names in `nlb`, if it names one.
+    pub async fn for_profile(
+        profile: &crate::profile::Profile,
+    ) -> Result<Option<NlbWatch>, String> {
+        match profile.nlb {
+            Some(link) => NlbWatch::start(link.admin).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Reads the baseline; an emulator that cannot be reached refuses the run.
     pub async fn start(admin: SocketAddr) -> Result<NlbWatch, String> {
         let baseline = admin_metrics(admin).await.map_err(|e| {

@@ -25,7 +25,7 @@ const MAX_BODY: usize = 4 * 1024;
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_RESPONSE: usize = 64 * 1024;
 /// Input read and dropped after answering, before closing.
-pub(crate) const MAX_DRAIN: usize = 64 * 1024;
+const MAX_DRAIN: usize = 64 * 1024;
 
 /// Serves the admin endpoint until `shutdown` completes: `POST /action` with a JSON body of one
 /// `SinkAction` (e.g. `{"action":"close_fraction","fraction":0.5}`), answered with the state
@@ -37,23 +37,36 @@ pub async fn serve_admin(
     stats: Arc<SinkStats>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let respond = move |request: &Request| respond(request, &control, &stats).bytes();
+    serve_http(listener, respond, shutdown).await;
+}
+
+/// The tiny HTTP/1.1 server behind the sink's and the NLB emulator's admin endpoints, until
+/// `shutdown` completes: one request per connection, read within bounds, answered by
+/// `respond`, then closed without resetting the answer away; each exchange within
+/// `REQUEST_TIMEOUT`.
+pub(crate) async fn serve_http<F>(
+    listener: TcpListener,
+    respond: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(&Request) -> Vec<u8> + Send + Sync + 'static,
+{
+    let respond = Arc::new(respond);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let control = control.clone();
-                    let stats = stats.clone();
+                    let respond = respond.clone();
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            REQUEST_TIMEOUT,
-                            serve(stream, &control, &stats),
-                        )
-                        .await;
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, exchange(stream, &*respond))
+                            .await;
                     });
                 }
-                // Out of descriptors, most likely (the sink holds many): back off, keep serving.
+                // Out of descriptors, most likely (the sink and the emulator hold many): back
+                // off, keep serving.
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             },
         }
@@ -107,16 +120,15 @@ impl Response {
     }
 }
 
-async fn serve(
+async fn exchange(
     mut stream: TcpStream,
-    control: &SinkControl,
-    stats: &SinkStats,
+    respond: &(dyn Fn(&Request) -> Vec<u8> + Send + Sync),
 ) -> std::io::Result<()> {
-    let response = match read_request(&mut stream).await? {
-        Ok(request) => respond(&request, control, stats),
-        Err(response) => response,
+    let bytes = match read_request(&mut stream).await? {
+        Ok(request) => respond(&request),
+        Err(response) => response.bytes(),
     };
-    stream.write_all(&response.bytes()).await?;
+    stream.write_all(&bytes).await?;
     stream.shutdown().await?;
     // Closing with unread input (a body we refused) would reset the connection and could
     // discard our answer at the client: read on until it closes, within the request bound.
