@@ -67,13 +67,7 @@ fn coordinator(
         .unwrap();
     let mut stderr = Lines::new(child.stderr.take().unwrap());
     let line = stderr.wait(Duration::from_secs(10), |l| l.contains("listening on"));
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&line);
     Coordinator {
         child,
         addr,
@@ -172,6 +166,23 @@ fn missing<'a>(summary: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|m| m["agent"] == name)
 }
 
+/// The coordinator passes (exit 0) within 20 s and the surviving agent finishes too; the
+/// summary written to `out`, checked against its schema and the hlog beside it.
+fn finished_summary(coord: &mut Coordinator, survivor: &mut Child, out: &Path) -> Value {
+    let status = wait_child(&mut coord.child, Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        coord.stderr.all(Duration::ZERO).join("\n")
+    );
+    assert_eq!(wait_child(survivor, Duration::from_secs(5)).code(), Some(0));
+    let summary = read_json(&out.join("summary.json"));
+    common::assert_schema("summary.schema.json", &summary);
+    assert_hlog_matches_summary(out, &summary);
+    summary
+}
+
 fn kill(child: &mut Child) {
     child.kill().unwrap();
     child.wait().unwrap();
@@ -218,21 +229,7 @@ fn agents_killed_mid_ramp_and_mid_storm_lose_only_their_own_intervals() {
     coord.stderr.wait(Duration::from_secs(5), |l| {
         l.contains("agent in-storm lost")
     });
-    let status = wait_child(&mut coord.child, Duration::from_secs(20));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}",
-        coord.stderr.all(Duration::ZERO).join("\n")
-    );
-    assert_eq!(
-        wait_child(&mut keeper, Duration::from_secs(5)).code(),
-        Some(0)
-    );
-
-    let summary = read_json(&out.join("summary.json"));
-    common::assert_schema("summary.schema.json", &summary);
-    assert_hlog_matches_summary(&out, &summary);
+    let summary = finished_summary(&mut coord, &mut keeper, &out);
     let expected = summary["timeline"].as_array().unwrap().len() as u64;
     assert!(expected >= 6, "{expected} intervals");
 
@@ -290,12 +287,7 @@ fn sink_at(addr: &str, extra: &[&str]) -> (Child, SocketAddr, Option<String>) {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    let bound = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("sink said {line:?}"))
-        .parse()
-        .unwrap();
+    let bound = common::listening_addr(&line);
     let admin = extra.contains(&"--admin").then(|| {
         line.clear();
         stdout.read_line(&mut line).unwrap();
@@ -725,12 +717,7 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let bound: SocketAddr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .parse()
-            .unwrap();
+        let bound: SocketAddr = common::listening_addr(&line);
         (child, bound)
     };
     let (mut far_sink, target) = sink(&far, "127.0.0.1:0");
@@ -793,23 +780,9 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
         "{far_err}"
     );
 
-    let status = wait_child(&mut coord.child, Duration::from_secs(20));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{}",
-        coord.stderr.all(Duration::ZERO).join("\n")
-    );
-    assert_eq!(
-        wait_child(&mut steady, Duration::from_secs(5)).code(),
-        Some(0)
-    );
+    let summary = finished_summary(&mut coord, &mut steady, &out);
     let _ = far_sink.kill();
     let _ = far_sink.wait();
-
-    let summary = read_json(&out.join("summary.json"));
-    common::assert_schema("summary.schema.json", &summary);
-    assert_hlog_matches_summary(&out, &summary);
     assert_eq!(agent_record(&summary, "steady")["status"], "finished");
     let record = agent_record(&summary, "cut-off");
     assert_eq!(record["status"], "lost");

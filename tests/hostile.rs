@@ -128,6 +128,30 @@ fn spawn_agent(coordinator: SocketAddr, name: &str, token: &Path, source: &str) 
         .unwrap()
 }
 
+/// A headless coordinator for `agents` agents on a free loopback port, with the test token
+/// and `extra` flags, once it listens: the process, its log and its address.
+fn coordinator(
+    profile: &Path,
+    token: &Path,
+    agents: usize,
+    extra: &[&std::ffi::OsStr],
+) -> (Child, Lines, SocketAddr) {
+    let mut child = bin()
+        .args(["coordinator", "--headless", "--listen", "127.0.0.1:0"])
+        .args(["--agents", &agents.to_string(), "--join-timeout", "30s"])
+        .arg("--token-file")
+        .arg(token)
+        .args(extra)
+        .arg(profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = Lines::new(child.stderr.take().unwrap());
+    let line = log.wait(Duration::from_secs(10), |l| l.contains("listening on"));
+    (child, log, common::listening_addr(&line))
+}
+
 #[test]
 fn hostile_peers_are_refused_logged_once_and_the_run_still_passes() {
     let sink = SinkProcess::start();
@@ -149,33 +173,8 @@ fn hostile_peers_are_refused_logged_once_and_the_run_still_passes() {
     )
     .unwrap();
     let out = dir.path().join("coord");
-    let mut coord = bin()
-        .args([
-            "coordinator",
-            "--headless",
-            "--listen",
-            "127.0.0.1:0",
-            "--agents",
-            "2",
-        ])
-        .args(["--join-timeout", "30s", "--token-file"])
-        .arg(&token)
-        .arg("--out")
-        .arg(&out)
-        .arg(&profile)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = Lines::new(coord.stderr.take().unwrap());
-    let line = log.wait(Duration::from_secs(10), |l| l.contains("listening on"));
-    let addr: SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut coord, mut log, addr) =
+        coordinator(&profile, &token, 2, &["--out".as_ref(), out.as_os_str()]);
     let baseline_kib = vm_kib(coord.id(), "VmRSS:").unwrap();
 
     // A real agent joins through a proxy that records its handshake.
@@ -364,31 +363,7 @@ fn a_hostile_coordinator_cannot_hold_or_fool_an_agent() {
         .to_string(),
     )
     .unwrap();
-    let mut real = bin()
-        .args([
-            "coordinator",
-            "--headless",
-            "--listen",
-            "127.0.0.1:0",
-            "--agents",
-            "1",
-        ])
-        .args(["--join-timeout", "20s", "--token-file"])
-        .arg(&token)
-        .arg(&profile)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = Lines::new(real.stderr.take().unwrap());
-    let line = log.wait(Duration::from_secs(10), |l| l.contains("listening on"));
-    let real_addr: SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut real, _log, real_addr) = coordinator(&profile, &token, 1, &[]);
     let mut s = TcpStream::connect(real_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let hello = Message::Hello {
@@ -474,31 +449,7 @@ fn an_agent_dropped_by_a_busy_coordinator_tries_again_and_joins() {
         .to_string(),
     )
     .unwrap();
-    let mut coord = bin()
-        .args([
-            "coordinator",
-            "--headless",
-            "--listen",
-            "127.0.0.1:0",
-            "--agents",
-            "1",
-        ])
-        .args(["--join-timeout", "30s", "--token-file"])
-        .arg(&token)
-        .arg(&profile)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut log = Lines::new(coord.stderr.take().unwrap());
-    let line = log.wait(Duration::from_secs(10), |l| l.contains("listening on"));
-    let addr: SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut coord, mut log, addr) = coordinator(&profile, &token, 1, &[]);
     // More slow senders than the coordinator takes handshakes: once it says it is dropping
     // some, every slot is held for the next 5 s.
     let slow: Vec<TcpStream> = (0..stampede::coordinator::gate::MAX_PENDING_HANDSHAKES + 20)

@@ -101,34 +101,8 @@ async fn the_sink_binary_pushes_every_interval() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_kicks_every_connection_and_all_come_back_through_a_fresh_handshake() {
     let n = 1000;
-    let result = run_json(
-        &profile(
-            n,
-            json!([
-                {"ramp": {"rate": 4000}},
-                {"hold": {"for": "1s"}},
-                {"storm": {"fraction": 1.0, "for": "3s"}}
-            ]),
-        ),
-        false,
-        None,
-    )
-    .await;
-    let s = &result.summary;
-    let storm = s.phases.iter().find(|p| p.name == "storm").unwrap();
-    assert_eq!(storm.reconnects, n, "{:?}", s.errors);
-    assert_eq!(s.connections.open_at_end, n);
-    assert_eq!(s.connections.established, 2 * n);
-    assert_eq!(s.latency_us.handshake.count, 2 * n);
-    assert!(
-        storm.recovery_100_s.is_some_and(|t| t < 2.5),
-        "{:?}",
-        storm.recovery_100_s
-    );
-    eprintln!(
-        "h2 storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
-        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
-    );
+    let result = run_json(&profile(n, common::storm_phases()), false, None).await;
+    common::assert_storm_recovered(&result.summary, n, "h2");
 }
 
 /// A one-purpose h2 server on loopback: accepts each connection's request, answers 200, then

@@ -109,39 +109,29 @@ fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_levels_connect_subscribe_and_ping_against_the_embedded_sink() {
-    for version in ["3.1.1", "5"] {
-        let result = run_json(
-            &profile(
-                json!("embedded"),
-                300,
-                json!({"version": version, "subscribe": true, "topic_prefix": "devices"}),
-                hold(1000, "1500ms"),
-            ),
-            false,
-            None,
-        )
-        .await;
-        assert_clean_hold(&result.summary, 300);
-    }
+    hold_at_both_levels(
+        json!("embedded"),
+        json!({"subscribe": true, "topic_prefix": "devices"}),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_mosquitto_accepts_every_client_id_once_and_answers_pings() {
     let broker = Mosquitto::start(true);
+    // Duplicate client ids would make mosquitto take over the older session: the first
+    // client would be disconnected and reconnect, which assert_clean_hold refuses.
+    let target = json!({"addrs": [broker.addr.to_string()]});
+    hold_at_both_levels(target, json!({"subscribe": true})).await;
+}
+
+/// 300 clients held for 1.5 s at each protocol level against `target`, with `mqtt` options.
+async fn hold_at_both_levels(target: Value, mqtt: Value) {
     for version in ["3.1.1", "5"] {
-        // Duplicate client ids would make mosquitto take over the older session: the first
-        // client would be disconnected and reconnect, which assert_clean_hold refuses.
-        let result = run_json(
-            &profile(
-                json!({"addrs": [broker.addr.to_string()]}),
-                300,
-                json!({"version": version, "subscribe": true}),
-                hold(1000, "1500ms"),
-            ),
-            false,
-            None,
-        )
-        .await;
+        let mut options = mqtt.clone();
+        options["version"] = json!(version);
+        let p = profile(target.clone(), 300, options, hold(1000, "1500ms"));
+        let result = run_json(&p, false, None).await;
         assert_clean_hold(&result.summary, 300);
     }
 }
@@ -183,37 +173,15 @@ async fn a_refusing_connack_is_counted_with_its_reason_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_kicks_every_client_and_all_come_back_through_a_fresh_connect() {
     let n = 1000;
-    let result = run_json(
-        &profile(
-            json!("embedded"),
-            n,
-            json!({"version": "5"}),
-            json!([
-                {"ramp": {"rate": 4000}},
-                {"hold": {"for": "1s"}},
-                {"storm": {"fraction": 1.0, "for": "3s"}}
-            ]),
-        ),
-        false,
-        None,
-    )
-    .await;
-    let s = &result.summary;
-    let storm = s.phases.iter().find(|p| p.name == "storm").unwrap();
-    assert_eq!(storm.reconnects, n, "{:?}", s.errors);
-    assert_eq!(s.connections.open_at_end, n);
-    assert_eq!(s.connections.established, 2 * n);
+    let p = profile(
+        json!("embedded"),
+        n,
+        json!({"version": "5"}),
+        common::storm_phases(),
+    );
+    let result = run_json(&p, false, None).await;
     // Every establishment, first or after the storm, went through CONNECT / CONNACK.
-    assert_eq!(s.latency_us.handshake.count, 2 * n);
-    assert!(
-        storm.recovery_100_s.is_some_and(|t| t < 2.5),
-        "{:?}",
-        storm.recovery_100_s
-    );
-    eprintln!(
-        "mqtt storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
-        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
-    );
+    common::assert_storm_recovered(&result.summary, n, "mqtt");
 }
 
 /// The fan-out probe reached exactly the subscribers of each message's topic: no more than

@@ -599,12 +599,7 @@ fn the_command_prints_its_addresses_then_metric_lines() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
+    let addr: SocketAddr = common::listening_addr(&line);
     line.clear();
     out.read_line(&mut line).unwrap();
     assert!(line.starts_with("admin on "), "{line:?}");

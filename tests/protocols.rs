@@ -515,12 +515,7 @@ fn the_sink_binary_speaks_tls_and_writes_its_certificate() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr: SocketAddr = common::listening_addr(&line);
     let profile_file = dir.path().join("p.json");
     let p = profile(
         addrs(addr),

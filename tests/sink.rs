@@ -24,12 +24,7 @@ fn sink_echoes_holds_and_reports_each_second() {
     wait_for_line(&mut stdout, Duration::from_secs(5), |l| {
         l.starts_with("listening on [::1]:")
     });
-    let addr: std::net::SocketAddr = v4
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr: std::net::SocketAddr = common::listening_addr(&v4);
 
     let mut clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     clients[0].write_all(b"heartbeat").unwrap();

@@ -69,13 +69,7 @@ fn coordinator(profile: &Path, agents: usize, out: &Path, extra: &[&str]) -> Coo
     let line = wait_for_line(&mut stderr, Duration::from_secs(10), |l| {
         l.contains("listening on")
     });
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::listening_addr(&line);
     Coordinator {
         child,
         addr,
@@ -322,12 +316,7 @@ fn agents_close_everything_within_the_lease_when_the_coordinator_freezes_or_dies
     let line = wait_for_line(&mut sink_out, Duration::from_secs(5), |l| {
         l.starts_with("listening on")
     });
-    let sink_addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let sink_addr: SocketAddr = common::listening_addr(&line);
     let mut sink_err = BufReader::new(sink_child.stderr.take().unwrap());
 
     let dir = tempfile::tempdir().unwrap();

@@ -114,14 +114,21 @@ impl SinkProcess {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected sink output {line:?}"))
-            .parse()
-            .unwrap();
-        SinkProcess { child, addr }
+        SinkProcess {
+            child,
+            addr: listening_addr(&line),
+        }
     }
+}
+
+/// The address in a `listening on ADDR` line (a sink's first line, a coordinator's
+/// `listening on ADDR, waiting for N agent(s)`), wherever the phrase stands in the line.
+pub fn listening_addr(line: &str) -> SocketAddr {
+    line.split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ', '\n']).next())
+        .and_then(|addr| addr.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `listening on ADDR` in {line:?}"))
 }
 
 impl Drop for SinkProcess {
@@ -129,6 +136,36 @@ impl Drop for SinkProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Phases for a client-side storm: ramp at 4,000/s, hold 1 s, then every connection kicked
+/// and reconnected within a 3 s storm.
+pub fn storm_phases() -> Value {
+    serde_json::json!([
+        {"ramp": {"rate": 4000}},
+        {"hold": {"for": "1s"}},
+        {"storm": {"fraction": 1.0, "for": "3s"}}
+    ])
+}
+
+/// After `storm_phases` with `n` connections: all kicked, all back through a fresh handshake
+/// within 2.5 s, all open at the end. Prints the handshake and recovery figures as `label`.
+pub fn assert_storm_recovered(s: &stampede::report::summary::Summary, n: u64, label: &str) {
+    let storm = s.phases.iter().find(|p| p.name == "storm").unwrap();
+    assert_eq!(storm.reconnects, n, "{:?}", s.errors);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.established, 2 * n);
+    // Every establishment, first or after the storm, went through the handshake.
+    assert_eq!(s.latency_us.handshake.count, 2 * n);
+    assert!(
+        storm.recovery_100_s.is_some_and(|t| t < 2.5),
+        "{:?}",
+        storm.recovery_100_s
+    );
+    eprintln!(
+        "{label} storm: handshake p50 {:?} us p99 {:?} us, recovery_100 {:?} s",
+        s.latency_us.handshake.p50, s.latency_us.handshake.p99, storm.recovery_100_s
+    );
 }
 
 /// Every heartbeat was answered but those still in flight when the run ended: at most
