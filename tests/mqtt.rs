@@ -92,21 +92,6 @@ fn hold(ramp_rate: u64, hold: &str) -> Value {
     json!([{"ramp": {"rate": ramp_rate}}, {"hold": {"for": hold}}])
 }
 
-/// Every client connected once, stayed, and had its PINGREQs answered: no broker kicked a
-/// client for a duplicate id, no CONNACK refused, nothing reconnected. A PINGREQ sent in the
-/// run's last moments may still be unanswered when the run ends; with 500 ms heartbeats
-/// spread evenly, those sent in the last 100 ms are at most a fifth of the clients (a broker
-/// busy with fan-out answers in tens of milliseconds at worst).
-fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
-    assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
-    assert_eq!(s.connections.established, n);
-    assert_eq!(s.connections.open_at_end, n);
-    assert_eq!(s.connections.reconnects, 0);
-    assert_eq!(s.latency_us.handshake.count, n);
-    assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
-    common::assert_heartbeats_answered(s, n / 5);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_levels_connect_subscribe_and_ping_against_the_embedded_sink() {
     hold_at_both_levels(
@@ -120,7 +105,7 @@ async fn both_levels_connect_subscribe_and_ping_against_the_embedded_sink() {
 async fn a_real_mosquitto_accepts_every_client_id_once_and_answers_pings() {
     let broker = Mosquitto::start(true);
     // Duplicate client ids would make mosquitto take over the older session: the first
-    // client would be disconnected and reconnect, which assert_clean_hold refuses.
+    // client would be disconnected and reconnect, which common::assert_clean_hold refuses.
     let target = json!({"addrs": [broker.addr.to_string()]});
     hold_at_both_levels(target, json!({"subscribe": true})).await;
 }
@@ -132,7 +117,7 @@ async fn hold_at_both_levels(target: Value, mqtt: Value) {
         options["version"] = json!(version);
         let p = profile(target.clone(), 300, options, hold(1000, "1500ms"));
         let result = run_json(&p, false, None).await;
-        assert_clean_hold(&result.summary, 300);
+        common::assert_clean_hold(&result.summary, 300);
     }
 }
 
@@ -227,7 +212,7 @@ async fn fanout_at_both_levels(target: Value, peer: &str) {
     for version in ["3.1.1", "5"] {
         let result = run_json(&fanout_profile(target.clone(), version), false, None).await;
         let s = &result.summary;
-        assert_clean_hold(s, 300);
+        common::assert_clean_hold(s, 300);
         assert_fanout(s, 300, 10, 100.0);
         eprintln!(
             "fan-out {version} ({peer}): {:?}, delivery p50 {:?} us p99 {:?} us",

@@ -138,6 +138,20 @@ impl Drop for SinkProcess {
     }
 }
 
+/// `n` connections established once with their handshake timed, held to the end without a
+/// reconnection or an error, and their heartbeats answered. With 500 ms heartbeats spread
+/// evenly, those sent in the last 100 ms (a fifth of the connections) may still be in flight
+/// when the run ends (a broker busy with fan-out answers in tens of milliseconds at worst).
+pub fn assert_clean_hold(s: &stampede::report::summary::Summary, n: u64) {
+    assert_eq!(s.error_total(), 0, "{:?} {:?}", s.errors, s.error_details);
+    assert_eq!(s.connections.established, n);
+    assert_eq!(s.connections.open_at_end, n);
+    assert_eq!(s.connections.reconnects, 0);
+    assert_eq!(s.latency_us.handshake.count, n);
+    assert!(s.heartbeats.sent >= n, "{:?}", s.heartbeats);
+    assert_heartbeats_answered(s, n / 5);
+}
+
 /// Phases for a client-side storm: ramp at 4,000/s, hold 1 s, then every connection kicked
 /// and reconnected within a 3 s storm.
 pub fn storm_phases() -> Value {
