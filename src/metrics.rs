@@ -159,6 +159,10 @@ pub struct Counts {
     pub closed: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_answered: u64,
+    /// Heartbeats still awaiting their answer when the run ended (only in a reporter's last
+    /// snapshot, and only in the totals): neither answered nor failed.
+    #[serde(default)]
+    pub heartbeats_in_flight_at_end: u64,
     /// Connections re-established after a failure or a close (each counts in `established`
     /// too).
     #[serde(default)]
@@ -182,6 +186,7 @@ impl Counts {
         self.closed += other.closed;
         self.heartbeats_sent += other.heartbeats_sent;
         self.heartbeats_answered += other.heartbeats_answered;
+        self.heartbeats_in_flight_at_end += other.heartbeats_in_flight_at_end;
         self.reconnects += other.reconnects;
         self.given_up += other.given_up;
         self.published += other.published;

@@ -274,6 +274,9 @@ impl Drop for Held<'_> {
         let shard = self.shard;
         shard.open.set(shard.open.get() - 1);
         shard.set_fd(self.slot, -1);
+        if matches!(self.beat, Beat::Sending { .. } | Beat::Echo { .. }) {
+            shard.heartbeat_settled();
+        }
         if !shard.tearing_down.get() {
             let (source, target) = shard.plan.pool.pair_in(self.slot, self.set as usize);
             shard
@@ -333,10 +336,7 @@ impl Future for Held<'_> {
                     }
                     this.sent_at = Instant::now();
                     let (source, target) = shard.plan.pool.pair_in(this.slot, this.set as usize);
-                    shard
-                        .data
-                        .borrow_mut()
-                        .count(source, target, |c| c.heartbeats_sent += 1);
+                    shard.heartbeat_sent(source, target);
                     this.beat = Beat::Sending { done: 0 };
                 }
                 Beat::Sending { done } => {
@@ -383,6 +383,7 @@ impl Future for Held<'_> {
                         );
                         data.count(source, target, |c| c.heartbeats_answered += 1);
                     }
+                    shard.heartbeat_settled();
                     this.scheduled += shard.plan.heartbeat.map_or(Duration::ZERO, |h| h.interval);
                     let next = this.scheduled;
                     this.timer.as_mut().reset(next);

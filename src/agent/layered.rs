@@ -144,13 +144,20 @@ struct Open<'a> {
     shard: &'a Shard,
     slot: u64,
     set: usize,
+    /// A heartbeat is out and its answer not in yet.
+    awaiting: std::cell::Cell<bool>,
 }
 
 impl<'a> Open<'a> {
     fn new(shard: &'a Shard, slot: u64, set: usize, fd: i32) -> Open<'a> {
         shard.open.set(shard.open.get() + 1);
         shard.set_fd(slot, fd);
-        Open { shard, slot, set }
+        Open {
+            shard,
+            slot,
+            set,
+            awaiting: std::cell::Cell::new(false),
+        }
     }
 }
 
@@ -159,6 +166,9 @@ impl Drop for Open<'_> {
         let shard = self.shard;
         shard.open.set(shard.open.get() - 1);
         shard.set_fd(self.slot, -1);
+        if self.awaiting.get() {
+            shard.heartbeat_settled();
+        }
         if !shard.tearing_down.get() {
             let (source, target) = shard.plan.pool.pair_in(self.slot, self.set);
             shard
@@ -196,7 +206,7 @@ async fn hold(
     slot: u64,
     set: usize,
 ) -> Result<(), Failure> {
-    let _open = Open::new(shard, slot, set, fd);
+    let open = Open::new(shard, slot, set, fd);
     let (source, target) = shard.plan.pool.pair_in(slot, set);
     // Messages that came with the handshake's answers.
     arrived_during_wait(shard, source, target, &mut session);
@@ -221,10 +231,8 @@ async fn hold(
             () = sleep_until(scheduled) => {}
         }
         let sent_at = Instant::now();
-        shard
-            .data
-            .borrow_mut()
-            .count(source, target, |c| c.heartbeats_sent += 1);
+        shard.heartbeat_sent(source, target);
+        open.awaiting.set(true);
         // Boxed, as the handshake is: its state is only needed while one heartbeat waits.
         let answer = Box::pin(timeout_at(
             sent_at + heartbeat.timeout,
@@ -237,6 +245,8 @@ async fn hold(
             Ok(Err(failure)) => return Err(failure),
             Ok(Ok(())) => {}
         }
+        open.awaiting.set(false);
+        shard.heartbeat_settled();
         let now = Instant::now();
         {
             let mut data = shard.data.borrow_mut();

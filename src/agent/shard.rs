@@ -47,6 +47,10 @@ pub(crate) struct Shard {
     draws: Cell<u64>,
     /// When the phase now playing started (reconnections are timed from it).
     pub phase_started: Cell<Instant>,
+    /// Heartbeats sent and not yet answered, nor ended with their connection: at the end of
+    /// the run, those in flight. Every connection path keeps it (`heartbeat_sent`,
+    /// `heartbeat_settled`).
+    awaiting: Cell<u64>,
     /// The phase now playing, once the first has started.
     phase: Cell<Option<usize>>,
     /// Where the plan's offsets count from now (the start plus the time spent paused), or
@@ -72,10 +76,25 @@ impl Shard {
             fds: RefCell::new(Vec::new()),
             draws: Cell::new(0),
             phase_started: Cell::new(start),
+            awaiting: Cell::new(0),
             phase: Cell::new(None),
             origin: Cell::new(Some(start)),
             plan,
         }
+    }
+
+    /// Counts a heartbeat sent on a connection between `source` and `target`.
+    pub fn heartbeat_sent(&self, source: usize, target: usize) {
+        self.data
+            .borrow_mut()
+            .count(source, target, |c| c.heartbeats_sent += 1);
+        self.awaiting.set(self.awaiting.get() + 1);
+    }
+
+    /// A heartbeat sent earlier is no longer awaited: answered, failed, or its connection
+    /// gone.
+    pub fn heartbeat_settled(&self) {
+        self.awaiting.set(self.awaiting.get().saturating_sub(1));
     }
 
     /// Records that a connection went down now (for the phase's recovery figures).
@@ -331,6 +350,8 @@ pub(crate) async fn run(
     }
     let open_before_teardown = shard.open.get();
     shard.tearing_down.set(true);
+    // Read before the teardown settles them: the heartbeats the run's end cut short.
+    let in_flight = shard.awaiting.get();
     if let Some(publisher) = publisher {
         publisher.abort();
     }
@@ -340,7 +361,8 @@ pub(crate) async fn run(
     for handle in slots.iter().flatten() {
         handle.abort();
     }
-    let data = shard.data.replace(shard.fresh_data());
+    let mut data = shard.data.replace(shard.fresh_data());
+    data.totals.heartbeats_in_flight_at_end += in_flight;
     send(seq, true, open_before_teardown, data);
 }
 

@@ -241,6 +241,9 @@ impl Table {
         if conn.fd < 0 {
             return;
         }
+        if matches!(conn.state, State::Sending | State::Echo) {
+            shard.heartbeat_settled();
+        }
         if conn.held() {
             shard.open.set(shard.open.get() - 1);
             if !shard.tearing_down.get() {
@@ -537,6 +540,7 @@ impl Table {
             data.latency.record(Latency::HeartbeatRtt, micros(rtt));
             data.count(source, target, |c| c.heartbeats_answered += 1);
         }
+        shard.heartbeat_settled();
         conn.scheduled += interval;
         conn.state = State::Idle;
         conn.wake = conn.scheduled;
@@ -624,10 +628,7 @@ impl Table {
                     conn.count = 0;
                     conn.state = State::Sending;
                     let (source, target) = shard.plan.pool.pair_in(slot, conn.set as usize);
-                    shard
-                        .data
-                        .borrow_mut()
-                        .count(source, target, |c| c.heartbeats_sent += 1);
+                    shard.heartbeat_sent(source, target);
                     self.send(shard, index);
                 }
                 State::Sending | State::Echo => {

@@ -138,6 +138,8 @@ pub struct ConnectionCounts {
 pub struct HeartbeatCounts {
     pub sent: u64,
     pub answered: u64,
+    /// Still awaiting their answer when the run ended: neither answered nor failed.
+    pub in_flight_at_end: u64,
 }
 
 /// Messages beyond heartbeats: what the run's publisher sent and what the server sent down.
@@ -462,6 +464,7 @@ impl Summary {
             heartbeats: HeartbeatCounts {
                 sent: c.heartbeats_sent,
                 answered: c.heartbeats_answered,
+                in_flight_at_end: c.heartbeats_in_flight_at_end,
             },
             messages: MessageCounts {
                 published: c.published,

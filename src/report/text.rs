@@ -125,10 +125,17 @@ pub fn render(summary: &Summary) -> String {
         "connections  requested {}  attempts {}  established {} ({ratio:.1}%)  peak open {}  closed early {}",
         c.requested, c.attempts, c.established, c.peak_open, c.closed
     );
+    let h = &summary.heartbeats;
     let _ = writeln!(
         out,
-        "heartbeats   sent {}  answered {}",
-        summary.heartbeats.sent, summary.heartbeats.answered
+        "heartbeats   sent {}  answered {}{}",
+        h.sent,
+        h.answered,
+        if h.in_flight_at_end > 0 {
+            format!("  in flight at the end {}", h.in_flight_at_end)
+        } else {
+            String::new()
+        }
     );
     let m = &summary.messages;
     if m.published > 0 {
