@@ -356,6 +356,11 @@ impl SinkProtocol {
         }
     }
 
+    /// Whether the sink serves a certificate (which clients must trust).
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.name.as_str(), "tls" | "wss" | "h2s")
+    }
+
     /// The `stampede sink` flags that make another sink process speak this protocol
     /// (certificate files aside, which the caller shares).
     pub fn flags(&self) -> Vec<String> {

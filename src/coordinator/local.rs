@@ -86,7 +86,7 @@ struct SinkFlags {
 fn sink_flags(profile: &crate::profile::Profile) -> Result<SinkFlags, RunError> {
     let protocol = crate::protocol::SinkProtocol::for_profile(profile);
     let mut args = protocol.flags();
-    if !matches!(protocol.name.as_str(), "tls" | "wss" | "h2s") {
+    if !protocol.uses_tls() {
         return Ok(SinkFlags {
             args,
             ca_file: None,
