@@ -21,6 +21,8 @@ HOLD=${HOLD:-15}
 BULK_MB=${BULK_MB:-512}
 REPEATS=${REPEATS:-3}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 STAMPEDE=${STAMPEDE_BIN:-$ROOT/target/release/stampede}
 WORK=$(mktemp -d /tmp/stampede-nlb.XXXXXX)
 CLK_TCK=$(getconf CLK_TCK)
@@ -42,10 +44,7 @@ start() {
     shift
     "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
     PIDS+=($!)
-    for _ in $(seq 200); do
-        grep -q '^listening on' "$WORK/$name.out" 2>/dev/null && return 0
-        sleep 0.05
-    done
+    wait_line "$!" "$WORK/$name.out" '^listening on' 10 && return 0
     echo "nlb.sh: $name did not start: $(cat "$WORK/$name.err")" >&2
     exit 1
 }
@@ -54,9 +53,6 @@ SINK_PID=${PIDS[-1]}
 start nlb "$STAMPEDE" nlb --listen 127.0.0.1:7301 --admin 127.0.0.1:7302 \
     --targets 127.0.0.1:7300 --quiet --ports-per-target 30000
 NLB_PID=${PIDS[-1]}
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 profile() { # $1 target address
     cat <<JSON
@@ -75,9 +71,11 @@ held() { # $1 label, $2 target
     profile "$2" >"$WORK/$1.json"
     local rss0 cpu0 cpu1 rss
     rss0=$(rss_kib "$NLB_PID")
-    "$STAMPEDE" run --headless --quiet --out "$WORK/$1" "$WORK/$1.json" >/dev/null &
+    "$STAMPEDE" run --headless --out "$WORK/$1" "$WORK/$1.json" >/dev/null 2>"$WORK/$1.err" &
     local run=$!
-    sleep 3 # the ramp: 4,000 connections at 4,000/s, plus margin
+    # Measured from the moment every connection is up until shortly before the hold ends.
+    wait_line "$run" "$WORK/$1.err" " open +$CONNECTIONS/$CONNECTIONS " 30 ||
+        { echo "nlb.sh: $1: never reported $CONNECTIONS open" >&2; exit 1; }
     cpu0=$(cpu_ticks "$NLB_PID")
     sleep $((HOLD - 5))
     cpu1=$(cpu_ticks "$NLB_PID")
@@ -123,7 +121,8 @@ while True:
     c.close()
 PY
 PIDS+=($!)
-for _ in $(seq 100); do grep -q '^listening on' "$WORK/discard.out" && break; sleep 0.05; done
+wait_line "$!" "$WORK/discard.out" '^listening on' 10 ||
+    { echo "nlb.sh: the discard server did not start" >&2; exit 1; }
 start nlb2 "$STAMPEDE" nlb --listen 127.0.0.1:7304 --targets 127.0.0.1:7303 --quiet
 
 bulk() { # $1 port
