@@ -97,10 +97,12 @@ Exit codes: 0 done, 1 the sink could not be reached or refused, 2 usage error.")
     Profile(ProfileCommand),
     /// Drive a swarm of agents through a profile and merge what they measure.
     #[command(after_help = "Examples:
-  stampede coordinator profiles/smoke.json --listen 127.0.0.1:7700 --agents 3
+  stampede coordinator gateway.json --listen 127.0.0.1:7700 --agents 3
   stampede coordinator gateway.json --listen 0.0.0.0:7700 --agents 40 --token-file /etc/stampede/token --out results/
 
-Without --token-file only loopback agents are admitted and only a loopback --listen is allowed.
+The profile must list its targets (target.addrs): \"embedded\" needs a sink beside the agents,
+which `stampede run --agents N` starts on one host. Without --token-file only loopback agents
+are admitted and only a loopback --listen is allowed.
 Exit codes as for `run`: 0 pass, 1 a threshold failed, 2 usage or plan error, 3 aborted.")]
     Coordinator(CoordinatorArgs),
     /// Join a coordinator and play a share of its profile.
@@ -346,8 +348,9 @@ node and per target each --metrics-period. The admin endpoint (GET /metrics, GET
 POST /targets/ADDR/register|deregister) has no authentication: keep it on loopback.
 
 Limit: every flow holds two sockets, so one process holds about half its file limit in flows
-(about 9,900 with a 20,000 limit). Run one process per node (--nodes 1 --node-ips IP, each on
-its own --listen) to go further; see README \"NLB emulator\" for a kernel-NAT alternative.";
+(about 9,900 with a 20,000 limit). Run one process per node (--nodes 1 --node-ips IP, all on
+the same --listen, which SO_REUSEPORT spreads over them, each with its own --admin) to go
+further; see README \"NLB emulator\" for a kernel-NAT alternative.";
 
 /// `on` or `off`, as AWS writes target-group attributes.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
