@@ -55,7 +55,7 @@ impl Tmux {
             .args(args)
             .env("TERM", "xterm-256color")
             .output()
-            .expect("tmux runs (CI installs it: apt-get install tmux)")
+            .expect("tmux runs (scripts/test installs it)")
     }
 
     fn capture(&self) -> String {

@@ -27,7 +27,7 @@ impl Mosquitto {
             .into_iter()
             .map(PathBuf::from)
             .find(|p| p.exists())
-            .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
+            .expect("mosquitto is installed (scripts/test installs it)");
         // mosquitto cannot report a port it chose, so the test picks a free one.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

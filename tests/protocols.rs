@@ -110,7 +110,7 @@ impl Nginx {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("nginx runs (.ci/run installs nginx-light and libnginx-mod-stream)");
+            .expect("nginx runs (scripts/test installs nginx-light and libnginx-mod-stream)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut nginx = Nginx {
             child,
