@@ -519,6 +519,9 @@ pub enum ProfileCommand {
         /// Override a profile field: PATH=VALUE.
         #[arg(long = "set", value_name = "PATH=VALUE")]
         set: Vec<String>,
+        /// Exit 0 even when the plan does not fit this host (the warning stays).
+        #[arg(long)]
+        allow_overcommit: bool,
     },
 }
 
@@ -529,6 +532,9 @@ pub struct DoctorArgs {
     /// Override a profile field: PATH=VALUE.
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
+    /// Exit 0 even when the plan does not fit this host (the verdict stays).
+    #[arg(long)]
+    pub allow_overcommit: bool,
 }
 
 fn eprint_line(text: &str) {
@@ -561,10 +567,15 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Sink(args) => sink_command(args).await,
         Command::SinkAdmin(args) => sink_admin_command(args).await,
         Command::Nlb(args) => nlb_command(args).await,
-        Command::Profile(ProfileCommand::Check { file, set }) => match load(&file, &set) {
+        Command::Profile(ProfileCommand::Check {
+            file,
+            set,
+            allow_overcommit,
+        }) => match load(&file, &set) {
             Ok(profile) => {
-                print!("{}", plan_text::render(&profile));
-                0
+                let check = plan_text::render(&profile);
+                print!("{}", check.text);
+                overcommit_exit(check.fits, allow_overcommit)
             }
             Err(code) => code,
         },
@@ -578,9 +589,24 @@ pub async fn main(cli: Cli) -> i32 {
             };
             let report = doctor::report(profile.as_ref());
             print!("{}", report.text);
-            report.exit_code
+            overcommit_exit(report.exit_code == 0, args.allow_overcommit)
         }
     }
+}
+
+/// Exit 1 for a plan that does not fit this host, unless the user accepts the overcommit.
+fn overcommit_exit(fits: bool, allow_overcommit: bool) -> i32 {
+    if fits {
+        return 0;
+    }
+    if allow_overcommit {
+        eprintln!("stampede: the plan does not fit (see above); going on as --allow-overcommit asks");
+        return 0;
+    }
+    eprintln!(
+        "stampede: the plan does not fit this host (see above): exit 1; apply the fixes, or pass --allow-overcommit to accept it"
+    );
+    1
 }
 
 /// Turns SIGINT and SIGTERM into a graceful stop; a second signal exits at once.

@@ -66,6 +66,7 @@ pub fn open_outputs(outputs: &Outputs, profile: &str) -> Result<Option<HlogWrite
 pub struct Collector {
     profile_name: String,
     requested: u64,
+    established_by: &'static str,
     thresholds: Vec<crate::profile::threshold::Threshold>,
     spans: Arc<Vec<PhaseSpan>>,
     source_labels: Vec<String>,
@@ -111,6 +112,7 @@ impl Collector {
         Collector {
             profile_name: profile.name.clone(),
             requested: profile.connections,
+            established_by: profile.established_by(),
             thresholds: profile.thresholds.clone(),
             spans: Arc::new(spans),
             source_labels,
@@ -271,6 +273,8 @@ impl Collector {
             RunFacts {
                 profile: &self.profile_name,
                 requested: self.requested,
+                established_by: self.established_by,
+                wanted_at_end: phase_at(&self.spans, elapsed).map_or(0, |s| s.level_at(elapsed)),
                 spans: &self.spans,
                 thresholds: &self.thresholds,
                 source_labels: self.source_labels.clone(),
@@ -317,6 +321,7 @@ impl Collector {
             phase: span.map(|s| s.index),
             wanted: span.map_or(0, |s| s.level_at(plan_time)),
             open: interval.open,
+            open_established: interval.open_established,
             interval: interval.data.totals,
             interval_latency: interval.data.latency,
             total_latency: self.aggregate.totals.latency.clone(),
@@ -337,6 +342,7 @@ impl Collector {
             let last = CompletedInterval {
                 seq: 0,
                 open: self.aggregate.open,
+                open_established: self.aggregate.open_established,
                 data: crate::metrics::IntervalData::new(0, 0),
             };
             let mut snapshot = self.live_snapshot(last, ended, RunState::Finished);
@@ -408,11 +414,12 @@ fn progress_line(spans: &[PhaseSpan], interval: &CompletedInterval, elapsed: Dur
         }
     };
     format!(
-        "[{:>6.1}s] {phase:<10} open {:>8}/{:<8} connects/s {:>7} errors {:>5} connect p99 {:>8} heartbeat p99 {:>8}",
+        "[{:>6.1}s] {phase:<10} open {:>8}/{:<8} established {:>8} connects/s {:>7} errors {:>5} connect p99 {:>8} heartbeat p99 {:>8}",
         elapsed.as_secs_f64(),
         interval.open,
         wanted,
-        c.established,
+        interval.open_established,
+        c.connected,
         c.error_total(),
         p99(Latency::Connect),
         p99(Latency::HeartbeatRtt),

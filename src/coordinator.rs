@@ -670,23 +670,21 @@ async fn drive(
                             }
                         };
                         let agent = &mut agents[i];
-                        let mut global = crate::metrics::IntervalData::new(source_count, target_count);
-                        global.totals = data.totals;
-                        for (local, counts) in data.per_source.iter().enumerate() {
+                        // The agent's own source indices map onto the run's list; everything
+                        // else is already the run's.
+                        let mut global = data;
+                        let mut per_source = vec![crate::metrics::Counts::default(); source_count];
+                        for (local, counts) in global.per_source.iter().enumerate() {
                             if let Some(&at) = agent.source_map.get(local) {
-                                global.per_source[at].add(counts);
+                                per_source[at].add(counts);
                             }
                         }
-                        for (t, counts) in data.per_target.iter().enumerate().take(target_count) {
-                            global.per_target[t].add(counts);
-                        }
-                        global.latency = data.latency;
-                        global.first_attempt_us = data.first_attempt_us;
-                        global.last_established_us = data.last_established_us;
-                        agent.established += data.totals.established;
-                        agent.errors += data.totals.error_total();
+                        global.per_source = per_source;
+                        global.per_target.resize(target_count, crate::metrics::Counts::default());
+                        agent.established += global.totals.established;
+                        agent.errors += global.totals.error_total();
                         agent.open = report.open;
-                        agent.interval_connects = data.totals.established;
+                        agent.interval_connects = global.totals.connected;
                         let h = global.latency.get(Latency::Connect);
                         agent.interval_p99 = (!h.is_empty()).then(|| h.value_at_quantile(0.99));
                         agent.last_report = Some(Instant::now());
@@ -695,7 +693,7 @@ async fn drive(
                         if report.last {
                             agent.status = if abort_reason.is_some() { "stopped" } else { "finished" };
                         }
-                        collector.push(IntervalSnapshot { reporter: i, seq: report.seq, last: report.last, open: report.open, data: global });
+                        collector.push(IntervalSnapshot { reporter: i, seq: report.seq, last: report.last, open: report.open, open_established: report.open_established, data: global });
                     }
                     Ok(Message::Started { clock_us }) => {
                         agents[i].started_us = Some(clock_us as i64 - agents[i].offset_us - start_us as i64);

@@ -6,12 +6,31 @@ use std::net::SocketAddr;
 
 use crate::agent::pool::SourcePool;
 use crate::host;
-use crate::profile::{Profile, TargetSpec};
+use crate::profile::{Profile, Protocol, TargetSpec};
 
-/// Kernel memory per idle loopback TCP socket, measured on our machines (see FACTS.md).
+/// Kernel memory per idle loopback TCP socket, measured on our machines: 513,000 connections
+/// held by plain C processes took about 4.8 KB of slab per socket (BENCHMARKS.md, "A million
+/// connections", has stampede's own figure: 10,146 B per connection for both ends).
 pub const KERNEL_BYTES_PER_SOCKET: u64 = 4_800;
-/// stampede's own memory per held connection (the goal BENCHMARKS.md checks).
-pub const USER_BYTES_PER_CONNECTION: u64 = 1_024;
+
+/// stampede's own memory per held connection, client side and built-in sink side, rounded up
+/// from what `scripts/bench/hold.sh`, `scripts/bench/million.sh` and
+/// `scripts/bench/protocols.sh` measured (BENCHMARKS.md): protocols above TCP keep their
+/// TLS, WebSocket and HTTP/2 state per connection, kilobytes each.
+pub fn user_bytes_per_connection(profile: &Profile) -> (u64, u64) {
+    let o = &profile.protocol_options;
+    let wss = o.websocket.as_ref().is_some_and(|w| w.secure);
+    let h2s = o.http2.as_ref().is_some_and(|h| h.secure);
+    match profile.protocol {
+        Protocol::Tcp => (1_024, 1_100),
+        Protocol::Tls => (11_000, 13_000),
+        Protocol::WebSocket if wss => (25_000, 14_000),
+        Protocol::WebSocket => (6_000, 7_300),
+        Protocol::Mqtt => (1_900, 9_000),
+        Protocol::Http2 if h2s => (26_400, 35_100),
+        Protocol::Http2 => (17_300, 28_700),
+    }
+}
 
 pub struct DoctorReport {
     pub text: String,
@@ -190,11 +209,16 @@ pub fn report(profile: Option<&Profile>) -> DoctorReport {
         }
     }
     if let Some(m) = memory {
-        let per = KERNEL_BYTES_PER_SOCKET * per_connection + USER_BYTES_PER_CONNECTION;
+        let (client, sink) = user_bytes_per_connection(profile);
+        let user = client + if embedded { sink } else { 0 };
+        let per = KERNEL_BYTES_PER_SOCKET * per_connection + user;
         limits.push((
             format!(
-                "memory ({} MiB available, ~{per} bytes per connection)",
-                m / (1 << 20)
+                "memory ({} MiB available, ~{per} bytes per {} connection: {} kernel, {user} stampede{})",
+                m / (1 << 20),
+                profile.protocol.name(),
+                KERNEL_BYTES_PER_SOCKET * per_connection,
+                if embedded { " with the embedded sink" } else { "" }
             ),
             m / per,
             vec!["use more hosts (agents), or a bigger machine".to_string()],

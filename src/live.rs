@@ -59,8 +59,9 @@ pub struct LiveSnapshot {
     pub phase: Option<usize>,
     /// Connections the plan wants open now.
     pub wanted: u64,
-    /// Connections open at the end of the last interval.
+    /// Connections open at the end of the last interval, and of those the established ones.
     pub open: u64,
+    pub open_established: u64,
     /// The last completed interval: its counters and latency histograms.
     pub interval: Counts,
     pub interval_latency: LatencySet,

@@ -154,7 +154,19 @@ impl ErrorDetail {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counts {
     pub attempts: u64,
+    /// TCP handshakes completed (every connection, reconnects included).
+    #[serde(default)]
+    pub connected: u64,
+    /// Connections that proved they are served: the first heartbeat echo for plain TCP, the
+    /// protocol's handshake otherwise (reconnects included). Plain TCP without heartbeats
+    /// never gets here: nothing it does can show a server answering.
     pub established: u64,
+    /// Connection slots connected at least once, and established at least once: what the
+    /// `*_ratio` figures divide by the slots requested, so that reconnects never lift them.
+    #[serde(default)]
+    pub slots_connected: u64,
+    #[serde(default)]
+    pub slots_established: u64,
     /// Established connections that ended before the run's own teardown.
     pub closed: u64,
     pub heartbeats_sent: u64,
@@ -163,8 +175,8 @@ pub struct Counts {
     /// snapshot, and only in the totals): neither answered nor failed.
     #[serde(default)]
     pub heartbeats_in_flight_at_end: u64,
-    /// Connections re-established after a failure or a close (each counts in `established`
-    /// too).
+    /// Connections back up after a failure, a close or a storm's kick (each counts in
+    /// `established` too; for plain TCP without heartbeats, in `connected`).
     #[serde(default)]
     pub reconnects: u64,
     /// Connections that stopped retrying: their reconnect policy ran out of attempts.
@@ -182,7 +194,10 @@ pub struct Counts {
 impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.attempts += other.attempts;
+        self.connected += other.connected;
         self.established += other.established;
+        self.slots_connected += other.slots_connected;
+        self.slots_established += other.slots_established;
         self.closed += other.closed;
         self.heartbeats_sent += other.heartbeats_sent;
         self.heartbeats_answered += other.heartbeats_answered;
@@ -343,6 +358,11 @@ pub struct IntervalData {
     pub first_attempt_us: Option<u64>,
     /// Microseconds from the run's start to the last connection established in the interval.
     pub last_established_us: Option<u64>,
+    /// Connections that completed their TCP handshake while a ramp phase was playing, and the
+    /// last moment one did (microseconds from the run's start): the ramp's connect rate, which
+    /// reconnects under storms and drains must not inflate.
+    pub ramp_connected: u64,
+    pub last_ramp_connected_us: Option<u64>,
     /// Reconnections by the number of attempts they took: index `n - 1` for `n` attempts, the
     /// last bucket for `RECONNECT_BUCKETS` or more.
     pub reconnect_attempts: [u64; RECONNECT_BUCKETS],
@@ -372,6 +392,8 @@ impl IntervalData {
             latency: LatencySet::default(),
             first_attempt_us: None,
             last_established_us: None,
+            ramp_connected: 0,
+            last_ramp_connected_us: None,
             reconnect_attempts: [0; RECONNECT_BUCKETS],
             details: BTreeMap::new(),
         }
@@ -391,6 +413,10 @@ impl IntervalData {
             (a, b) => a.or(b),
         };
         self.last_established_us = self.last_established_us.max(other.last_established_us);
+        self.ramp_connected += other.ramp_connected;
+        self.last_ramp_connected_us = self
+            .last_ramp_connected_us
+            .max(other.last_ramp_connected_us);
         for (mine, theirs) in self
             .reconnect_attempts
             .iter_mut()
@@ -426,6 +452,8 @@ pub struct IntervalSnapshot {
     pub last: bool,
     /// Connections open at the end of the interval (for the last one: before teardown).
     pub open: u64,
+    /// Of those, the ones that have proved they are served (see `Counts::established`).
+    pub open_established: u64,
     pub data: IntervalData,
 }
 
@@ -434,12 +462,14 @@ pub struct IntervalSnapshot {
 pub struct CompletedInterval {
     pub seq: u64,
     pub open: u64,
+    pub open_established: u64,
     pub data: IntervalData,
 }
 
 struct Pending {
     reported: Vec<bool>,
     open: u64,
+    open_established: u64,
     data: IntervalData,
 }
 
@@ -447,9 +477,15 @@ struct Pending {
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct TimelinePoint {
     pub second: u64,
+    /// Connections open (TCP connected and held) at the end of the second.
     pub open: u64,
+    /// Of those, the ones established (proved served).
+    pub open_established: u64,
     pub attempts: u64,
+    /// TCP handshakes completed in the second, reconnects included.
     pub connects: u64,
+    /// Of those, reconnections (after a failure, a close or a storm's kick).
+    pub reconnects: u64,
     pub closes: u64,
     pub errors: u64,
 }
@@ -464,6 +500,7 @@ pub struct Aggregate {
     pub totals: IntervalData,
     pub peak_open: u64,
     pub open: u64,
+    pub open_established: u64,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -477,6 +514,7 @@ impl Aggregate {
             totals: IntervalData::new(sources, targets),
             peak_open: 0,
             open: 0,
+            open_established: 0,
             timeline: Vec::new(),
         }
     }
@@ -491,10 +529,12 @@ impl Aggregate {
         let pending = self.pending.entry(snapshot.seq).or_insert_with(|| Pending {
             reported: vec![false; reporters],
             open: 0,
+            open_established: 0,
             data: IntervalData::new(sources, targets),
         });
         pending.reported[snapshot.reporter] = true;
         pending.open += snapshot.open;
+        pending.open_established += snapshot.open_established;
         pending.data.add(&snapshot.data);
         if snapshot.last {
             self.live[snapshot.reporter] = false;
@@ -531,19 +571,23 @@ impl Aggregate {
             let pending = entry.remove();
             self.totals.add(&pending.data);
             self.open = pending.open;
+            self.open_established = pending.open_established;
             self.peak_open = self.peak_open.max(pending.open);
             let c = &pending.data.totals;
             self.timeline.push(TimelinePoint {
                 second: seq,
                 open: pending.open,
+                open_established: pending.open_established,
                 attempts: c.attempts,
-                connects: c.established,
+                connects: c.connected,
+                reconnects: c.reconnects,
                 closes: c.closed,
                 errors: c.error_total(),
             });
             done.push(CompletedInterval {
                 seq,
                 open: pending.open,
+                open_established: pending.open_established,
                 data: pending.data,
             });
         }
@@ -566,6 +610,7 @@ mod tests {
             seq,
             last,
             open: samples.len() as u64,
+            open_established: samples.len() as u64,
             data,
         }
     }

@@ -199,6 +199,14 @@ impl Phase {
         }
     }
 
+    /// Whether the phase disrupts held connections, so that it has recovery figures.
+    pub fn is_disruptive(&self) -> bool {
+        matches!(
+            self,
+            Phase::Storm { .. } | Phase::Drain { .. } | Phase::Cutover { .. } | Phase::Server { .. }
+        )
+    }
+
     /// The reconnect policy this phase sets, if it overrides the profile's.
     pub fn reconnect(&self) -> Option<ReconnectPolicy> {
         match self {
@@ -404,6 +412,17 @@ struct RawHold {
 }
 
 impl Profile {
+    /// What proves a connection of this profile is served, as reports name it: the echo of
+    /// its first heartbeat (plain TCP), its protocol's handshake, or nothing (plain TCP
+    /// without heartbeats: connections only ever reach connected).
+    pub fn established_by(&self) -> &'static str {
+        match (self.protocol, self.heartbeat) {
+            (Protocol::Tcp, Some(_)) => "first_heartbeat_echo",
+            (Protocol::Tcp, None) => "none",
+            _ => "protocol_handshake",
+        }
+    }
+
     /// Reads a profile file and applies `--set` overrides before validating.
     pub fn load(file: &Path, overrides: &[String]) -> Result<Profile, ProfileError> {
         Profile::load_with_json(file, overrides).map(|(profile, _)| profile)
@@ -815,6 +834,51 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
             })?,
         );
     }
+    let proves_service = heartbeat.is_some() || protocol != Protocol::Tcp;
+    for (i, t) in thresholds.iter().enumerate() {
+        let at = format!("thresholds[{i}]");
+        if t.subject.needs_established() && !proves_service {
+            return Err(ProfileError::at(
+                at,
+                format!(
+                    "{:?}: plain TCP without heartbeats only shows that the kernel accepted a \
+                     connection (connected), never that a server answers on it (established); \
+                     add \"heartbeat\" so each connection proves it is served, or gate on \
+                     connected_ratio",
+                    t.text
+                ),
+            ));
+        }
+        if let crate::profile::threshold::Subject::Phase { index, .. } = t.subject {
+            match phases.get(index) {
+                Some(phase) if phase.is_disruptive() => {}
+                Some(phase) => {
+                    return Err(ProfileError::at(
+                        at,
+                        format!(
+                            "{:?}: phase {index} is a {}, which disrupts nothing and has no \
+                             recovery; name a storm, drain, cutover or server phase ({})",
+                            t.text,
+                            phase.kind(),
+                            disruptive_list(&phases)
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(ProfileError::at(
+                        at,
+                        format!(
+                            "{:?}: there is no phase {index} (phases count from 0; this \
+                             profile has {}); disruptive phases: {}",
+                            t.text,
+                            phases.len(),
+                            disruptive_list(&phases)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let reconnect = raw
         .reconnect
         .map(|r| r.validate("reconnect"))
@@ -860,6 +924,21 @@ fn validate(raw: RawProfile) -> Result<Profile, ProfileError> {
         reconnect,
         nlb,
     })
+}
+
+/// The disruptive phases as `N (kind)`, for messages.
+fn disruptive_list(phases: &[Phase]) -> String {
+    let list: Vec<String> = phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_disruptive())
+        .map(|(i, p)| format!("{i} ({})", p.kind()))
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
 }
 
 fn validate_target(value: &Value) -> Result<TargetSpec, ProfileError> {

@@ -245,8 +245,14 @@ pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
     e.single(
         "stampede_connections_open",
         "gauge",
-        "Connections open at the end of the last interval.",
+        "Connections open (connected and held) at the end of the last interval.",
         s.open as f64,
+    );
+    e.single(
+        "stampede_connections_open_established",
+        "gauge",
+        "Of the open connections, those established (proved served).",
+        s.open_established as f64,
     );
     e.single(
         "stampede_connections_wanted",
@@ -273,10 +279,22 @@ pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
         c.attempts as f64,
     );
     e.single(
+        "stampede_connections_connected_total",
+        "counter",
+        "TCP handshakes completed (reconnects included).",
+        c.connected as f64,
+    );
+    e.single(
         "stampede_connections_established_total",
         "counter",
-        "Connections established.",
+        "Connections that proved they are served: first heartbeat echo, or the protocol's handshake (reconnects included).",
         c.established as f64,
+    );
+    e.single(
+        "stampede_connection_slots_established",
+        "gauge",
+        "Connection slots established at least once (what established_ratio counts).",
+        c.established_slots as f64,
     );
     e.single(
         "stampede_connections_closed_total",
@@ -475,14 +493,23 @@ fn scopes(e: &mut Exposition, scope: &str, rows: &[ScopeCounts]) {
     e.family(
         &open,
         "gauge",
-        &format!("Connections open per {scope} (established less closed before teardown)."),
+        &format!("Connections open per {scope} (connected less closed before teardown)."),
     );
     for r in rows {
         e.sample(
             &open,
             &[(scope, &r.addr)],
-            r.established.saturating_sub(r.closed) as f64,
+            r.connected.saturating_sub(r.closed) as f64,
         );
+    }
+    let connected = format!("stampede_{scope}_connections_connected_total");
+    e.family(
+        &connected,
+        "counter",
+        &format!("TCP handshakes completed per {scope}."),
+    );
+    for r in rows {
+        e.sample(&connected, &[(scope, &r.addr)], r.connected as f64);
     }
     let attempts = format!("stampede_{scope}_connection_attempts_total");
     e.family(
@@ -497,7 +524,7 @@ fn scopes(e: &mut Exposition, scope: &str, rows: &[ScopeCounts]) {
     e.family(
         &established,
         "counter",
-        &format!("Connections established per {scope}."),
+        &format!("Connections established (proved served) per {scope}."),
     );
     for r in rows {
         e.sample(&established, &[(scope, &r.addr)], r.established as f64);

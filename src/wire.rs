@@ -26,7 +26,9 @@ use crate::metrics::{
 /// Bumped whenever a message changes shape; peers with another version are refused.
 /// 2: a sixth histogram (handshake), five more error kinds and the protocol failure details.
 /// 3: a seventh histogram (delivery) and the published / received message counts.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: connected vs established: connected and per-slot counts, the open-established gauge and
+///    the ramp's own connect count.
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -85,6 +87,8 @@ pub struct WireInterval {
     pub seq: u64,
     pub last: bool,
     pub open: u64,
+    /// Of `open`, the connections established (proved served).
+    pub open_established: u64,
     pub totals: Counts,
     pub per_source: Vec<Counts>,
     pub per_target: Vec<Counts>,
@@ -92,6 +96,8 @@ pub struct WireInterval {
     pub histograms: Vec<String>,
     pub first_attempt_us: Option<u64>,
     pub last_established_us: Option<u64>,
+    pub ramp_connected: u64,
+    pub last_ramp_connected_us: Option<u64>,
     #[serde(default)]
     pub reconnect_attempts: Vec<u64>,
     /// Protocol failure details: (error kind name, detail, count).
@@ -350,17 +356,26 @@ pub fn decode_histogram(text: &str) -> Result<Histogram<u64>, WireError> {
 }
 
 impl WireInterval {
-    pub fn encode(seq: u64, last: bool, open: u64, data: &IntervalData) -> WireInterval {
+    pub fn encode(
+        seq: u64,
+        last: bool,
+        open: u64,
+        open_established: u64,
+        data: &IntervalData,
+    ) -> WireInterval {
         WireInterval {
             seq,
             last,
             open,
+            open_established,
             totals: data.totals,
             per_source: data.per_source.clone(),
             per_target: data.per_target.clone(),
             histograms: data.latency.hists.iter().map(encode_histogram).collect(),
             first_attempt_us: data.first_attempt_us,
             last_established_us: data.last_established_us,
+            ramp_connected: data.ramp_connected,
+            last_ramp_connected_us: data.last_ramp_connected_us,
             reconnect_attempts: data.reconnect_attempts.to_vec(),
             details: data
                 .details
@@ -389,6 +404,8 @@ impl WireInterval {
             latency,
             first_attempt_us: self.first_attempt_us,
             last_established_us: self.last_established_us,
+            ramp_connected: self.ramp_connected,
+            last_ramp_connected_us: self.last_ramp_connected_us,
             reconnect_attempts: {
                 let mut buckets = [0u64; crate::metrics::RECONNECT_BUCKETS];
                 for (slot, n) in buckets.iter_mut().zip(&self.reconnect_attempts) {
@@ -469,7 +486,7 @@ mod tests {
             data.latency.record(Latency::HeartbeatRtt, v);
         }
         data.count(1, 0, |c| c.established += 3);
-        let wire = WireInterval::encode(4, false, 3, &data);
+        let wire = WireInterval::encode(4, false, 3, 3, &data);
         let json = serde_json::to_string(&Message::Report(Box::new(wire))).unwrap();
         let Message::Report(back) = decode(json.as_bytes()).unwrap() else {
             panic!("not a report");

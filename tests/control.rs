@@ -49,7 +49,7 @@ async fn pause_holds_the_ramp_and_resume_finishes_it() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(result.summary.connections.established, 300);
+    assert_eq!(result.summary.connections.connected, 300);
     assert!(
         result.summary.duration_s > 5.0,
         "{}",
@@ -87,5 +87,5 @@ async fn stop_from_a_view_aborts_gracefully() {
         result.summary.abort_reason.as_deref(),
         Some("stopped from the dashboard")
     );
-    assert_eq!(result.summary.connections.established, 100);
+    assert_eq!(result.summary.connections.connected, 100);
 }

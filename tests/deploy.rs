@@ -51,8 +51,11 @@ fn kubernetes_manifests_validate_and_carry_a_valid_profile() {
         .arg(&profile)
         .output()
         .unwrap();
-    assert!(
-        check.status.success(),
+    // Valid (exit 2 would be a profile error). Whether it fits is judged here for this one host
+    // (exit 1 when not); the per-pod sizing of the deployment is issue #15's to check.
+    assert_ne!(
+        check.status.code(),
+        Some(2),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
@@ -131,7 +134,7 @@ fn swarm_over_ssh_with_stand_in_hosts() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = read_json(&out_dir.join("summary.json"));
-    assert_eq!(summary["connections"]["established"], 200);
+    assert_eq!(summary["connections"]["connected"], 200);
     let names: Vec<&str> = summary["agents"]
         .as_array()
         .unwrap()

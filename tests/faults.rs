@@ -402,7 +402,7 @@ fn target_port_closed_mid_run_reconnects_are_refused_then_given_up() {
     kill(&mut sink);
     let summary = read_json(&dir.path().join("summary.json"));
     let c = &summary["connections"];
-    assert_eq!(c["established"], 200, "{c}");
+    assert_eq!(c["connected"], 200, "{c}");
     assert_eq!(c["given_up"], 100, "{c}");
     assert_eq!(c["open_at_end"], 100, "the rest stay held: {c}");
     assert_eq!(summary["errors"]["refused"], 300, "{}", summary["errors"]);

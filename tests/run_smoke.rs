@@ -55,8 +55,9 @@ fn smoke_profile_passes_and_writes_valid_outputs() {
     let heartbeats = summary["latency_us"]["heartbeat_rtt"]["count"]
         .as_u64()
         .unwrap();
-    // 2,000 connections x ~10-11 heartbeats each.
-    assert!((18_000..=24_000).contains(&heartbeats), "{heartbeats}");
+    // 2,000 connections x ~10-11 heartbeats each, plus the first, sent at once to prove
+    // the connection is served.
+    assert!((20_000..=26_000).contains(&heartbeats), "{heartbeats}");
     let phases = summary["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 2);
     assert_eq!(phases[0]["name"], "ramp");

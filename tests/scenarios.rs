@@ -161,9 +161,9 @@ async fn a_cutover_moves_every_connection_to_green() {
     assert_eq!(s.error_total(), 0, "{:?}", s.errors);
     assert_eq!(s.targets.len(), 2);
     assert_eq!(s.targets[0].addr, blue.addr.to_string());
-    assert_eq!(s.targets[0].established, 600);
+    assert_eq!(s.targets[0].connected, 600);
     assert_eq!(s.targets[0].closed, 600, "every blue connection was moved");
-    assert_eq!(s.targets[1].established, 600);
+    assert_eq!(s.targets[1].connected, 600);
     assert_eq!(s.connections.open_at_end, 600);
     assert_eq!(
         green

@@ -1,12 +1,13 @@
 //! One connection slot's life for protocols above TCP (TLS, WebSocket, ...): TCP connect timed
-//! into `connect` exactly as `conn` does, then the protocol's handshake timed into `handshake`,
-//! then heartbeats in the protocol's own keepalive timed as `heartbeat_rtt`, under the same
-//! reconnect policy. Plain TCP never runs here; it keeps the lean hand-written futures of
-//! `conn`. These connections carry a TLS or WebSocket state of several kilobytes anyway, so
-//! plain async functions cost little more here.
+//! into `connect` as plain TCP's `table` does, then the protocol's handshake timed into
+//! `handshake`, then heartbeats in the protocol's own keepalive timed as `heartbeat_rtt`, under
+//! the same reconnect policy. Plain TCP never runs here; it lives in the lean `table`. These
+//! connections carry a TLS or WebSocket state of several kilobytes anyway, so plain async
+//! functions cost little more here.
 //!
-//! A connection counts as established once its handshake is done: a storm's recovery is the
-//! moment a client can talk again, not its TCP connect.
+//! A connection is connected at its TCP handshake and established once its protocol's
+//! handshake is done (TLS, the WebSocket upgrade, MQTT's CONNACK, HTTP/2's settings): a
+//! storm's recovery is the moment a client can talk again, not its TCP connect.
 
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -19,7 +20,7 @@ use crate::metrics::{ErrorDetail, ErrorKind, Latency};
 use crate::protocol::{Event, Failure, Session};
 
 /// Runs slot `slot` from `intended` until it is given up, stopped by the plan, or the run
-/// ends; the counterpart of `conn::run`.
+/// ends; the counterpart of plain TCP's `table`.
 pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnecting: bool) {
     let mut attempt = u32::from(reconnecting);
     let mut previous_ms = 0u32;
@@ -97,14 +98,7 @@ async fn establish(
         }
     };
     let tcp_done = Instant::now();
-    let service = tcp_done - began;
-    {
-        let mut data = shard.data.borrow_mut();
-        data.latency
-            .record(Latency::Connect, micros(service) + micros(lag));
-        data.latency
-            .record(Latency::ConnectService, micros(service));
-    }
+    shard.connected(slot, source, target, micros(tcp_done - began), micros(lag));
     let fd = stream.as_raw_fd();
     // Boxed: the handshake's state is kilobytes, and inline it would size every connection's
     // task for its whole life; boxed, it is freed once the handshake is done.
@@ -124,22 +118,17 @@ async fn establish(
             return None;
         }
     };
-    let now = Instant::now();
-    let mut data = shard.data.borrow_mut();
-    data.latency
-        .record(Latency::Handshake, micros(now - tcp_done));
-    data.count(source, target, |c| c.established += 1);
-    if attempt > 0 {
-        data.reconnected(source, target, attempt);
-        let since_phase = now.saturating_duration_since(shard.phase_started.get());
-        data.latency.record(Latency::Recovery, micros(since_phase));
-    }
-    data.last_established_us = Some(micros(now.saturating_duration_since(shard.start)));
+    shard
+        .data
+        .borrow_mut()
+        .latency
+        .record(Latency::Handshake, micros(Instant::now() - tcp_done));
+    shard.up(slot, source, target, attempt, true);
     Some((session, fd))
 }
 
 /// Keeps the open gauge, the slot's socket registry and the close count right however the
-/// connection ends, aborts included (as `conn::Held` does).
+/// connection ends, aborts included.
 struct Open<'a> {
     shard: &'a Shard,
     slot: u64,
@@ -165,6 +154,7 @@ impl Drop for Open<'_> {
     fn drop(&mut self) {
         let shard = self.shard;
         shard.open.set(shard.open.get() - 1);
+        shard.unserved();
         shard.set_fd(self.slot, -1);
         if self.awaiting.get() {
             shard.heartbeat_settled();

@@ -506,7 +506,13 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
                 let last_seq = done.last().map(|i| i.seq);
                 for interval in done {
                     let last = all_done && Some(interval.seq) == last_seq;
-                    let report = WireInterval::encode(interval.seq, last, interval.open, &interval.data);
+                    let report = WireInterval::encode(
+                        interval.seq,
+                        last,
+                        interval.open,
+                        interval.open_established,
+                        &interval.data,
+                    );
                     let _ = out_tx.send(Message::Report(Box::new(report)));
                 }
             }

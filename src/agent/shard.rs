@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
+use super::conn::micros;
 use super::{EngineControl, EnginePlan};
 use crate::metrics::{ErrorKind, IntervalData, IntervalSnapshot};
 use crate::profile::reconnect::ReconnectPolicy;
@@ -26,8 +27,17 @@ pub(crate) struct Shard {
     pub plan: Arc<EnginePlan>,
     /// Written by connection tasks, swapped out by the shard loop once a second.
     pub data: RefCell<IntervalData>,
-    /// Connections of this shard now established.
+    /// Connections of this shard now open (TCP connected and held; for protocols above TCP,
+    /// from their handshake on).
     pub open: Cell<u64>,
+    /// Of those, the ones established (proved served). Written only through `up` and
+    /// `unserved`.
+    served: Cell<u64>,
+    /// One bit per slot index: connected at least once, established at least once.
+    ever_connected: RefCell<Vec<u64>>,
+    ever_established: RefCell<Vec<u64>>,
+    /// Whether the phase now playing is a ramp (for the ramp's own connect rate).
+    in_ramp: Cell<bool>,
     /// Set when the run ends: closes from then on are ours, not the peer's.
     pub tearing_down: Cell<bool>,
     /// Heartbeat bytes, shared by every connection.
@@ -67,6 +77,10 @@ impl Shard {
                 plan.pool.targets.len(),
             )),
             open: Cell::new(0),
+            served: Cell::new(0),
+            ever_connected: RefCell::new(Vec::new()),
+            ever_established: RefCell::new(Vec::new()),
+            in_ramp: Cell::new(false),
             tearing_down: Cell::new(false),
             payload: vec![b'h'; payload_len].into_boxed_slice(),
             start,
@@ -95,6 +109,60 @@ impl Shard {
     /// gone.
     pub fn heartbeat_settled(&self) {
         self.awaiting.set(self.awaiting.get().saturating_sub(1));
+    }
+
+    /// Connections open and established now.
+    pub fn served(&self) -> u64 {
+        self.served.get()
+    }
+
+    /// A TCP handshake completed for slot `slot`: `service_us` from the `connect()` call, plus
+    /// `lag_us` of start lag beyond the timer's grid for the connect latency. `connected` is
+    /// the lower of the two levels of "up" (see `Counts::established`).
+    pub fn connected(&self, slot: u64, source: usize, target: usize, service_us: u64, lag_us: u64) {
+        let first = first_time(&self.ever_connected, (slot / self.workers) as usize);
+        let now_us = micros(Instant::now().saturating_duration_since(self.start));
+        let mut data = self.data.borrow_mut();
+        data.latency
+            .record(crate::metrics::Latency::Connect, service_us + lag_us);
+        data.latency
+            .record(crate::metrics::Latency::ConnectService, service_us);
+        data.count(source, target, |c| {
+            c.connected += 1;
+            c.slots_connected += u64::from(first);
+        });
+        if self.in_ramp.get() {
+            data.ramp_connected += 1;
+            data.last_ramp_connected_us = Some(now_us);
+        }
+    }
+
+    /// Slot `slot`'s connection is up after `attempt` attempts (0: its first): established
+    /// when `established` (it proved it is served), otherwise as far as plain TCP without
+    /// heartbeats can go. A reconnection's moment goes to the phase's recovery figures.
+    pub fn up(&self, slot: u64, source: usize, target: usize, attempt: u32, established: bool) {
+        let now = Instant::now();
+        let mut data = self.data.borrow_mut();
+        if established {
+            let first = first_time(&self.ever_established, (slot / self.workers) as usize);
+            self.served.set(self.served.get() + 1);
+            data.count(source, target, |c| {
+                c.established += 1;
+                c.slots_established += u64::from(first);
+            });
+            data.last_established_us = Some(micros(now.saturating_duration_since(self.start)));
+        }
+        if attempt > 0 {
+            data.reconnected(source, target, attempt);
+            let since_phase = now.saturating_duration_since(self.phase_started.get());
+            data.latency
+                .record(crate::metrics::Latency::Recovery, micros(since_phase));
+        }
+    }
+
+    /// An established connection ended, however.
+    pub fn unserved(&self) {
+        self.served.set(self.served.get().saturating_sub(1));
     }
 
     /// Records that a connection went down now (for the phase's recovery figures).
@@ -158,6 +226,10 @@ impl Shard {
         }
         self.phase.set(Some(phase));
         self.phase_started.set(at);
+        self.in_ramp.set(matches!(
+            profile.phases.get(phase),
+            Some(crate::profile::Phase::Ramp { .. })
+        ));
     }
 
     /// Starts the phase due by now if the shard loop has not yet. A phase's timer and a
@@ -179,6 +251,18 @@ impl Shard {
     }
 }
 
+/// Sets bit `index` and says whether it was clear.
+fn first_time(bits: &RefCell<Vec<u64>>, index: usize) -> bool {
+    let mut bits = bits.borrow_mut();
+    let (word, bit) = (index / 64, index % 64);
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    let was_set = bits[word] & (1 << bit) != 0;
+    bits[word] |= 1 << bit;
+    !was_set
+}
+
 /// A one-worker shard for `profile` (JSON) with its one target at 127.0.0.1:9, for tests that
 /// look at a connection future without running it.
 #[cfg(test)]
@@ -194,20 +278,14 @@ pub(crate) fn test_shard(profile: serde_json::Value) -> Rc<Shard> {
     Rc::new(Shard::new(plan, Instant::now(), 1))
 }
 
-/// Starts a slot's connection task: plain TCP on its hand-written futures, other protocols
-/// on `layered`.
+/// Starts a slot's connection task (protocols above TCP; plain TCP lives in the table).
 fn spawn_slot(
     shard: &Rc<Shard>,
     slot: u64,
     at: Instant,
     reconnecting: bool,
 ) -> tokio::task::JoinHandle<()> {
-    match shard.plan.connector {
-        crate::protocol::Connector::Tcp => {
-            tokio::task::spawn_local(super::conn::run(shard.clone(), slot, at, reconnecting))
-        }
-        _ => tokio::task::spawn_local(super::layered::run(shard.clone(), slot, at, reconnecting)),
-    }
+    tokio::task::spawn_local(super::layered::run(shard.clone(), slot, at, reconnecting))
 }
 
 /// Runs shard `worker` of `workers` until the plan ends or `control_rx` says stop. While
@@ -222,10 +300,16 @@ pub(crate) async fn run(
 ) {
     let shard = Rc::new(Shard::new(plan.clone(), start, workers));
     // Plain TCP connections live in the table (no task per connection). Should the kernel
-    // refuse an epoll instance, they fall back to a task each, as other protocols have.
-    let mut table = match plan.connector {
-        crate::protocol::Connector::Tcp => super::table::Table::new(worker, workers).ok(),
-        _ => None,
+    // refuse its epoll instance (out of descriptors), every planned connection of this
+    // shard fails with that error, counted like any other.
+    let tcp = matches!(plan.connector, crate::protocol::Connector::Tcp);
+    let (mut table, table_error) = if tcp {
+        match super::table::Table::new(worker, workers) {
+            Ok(table) => (Some(table), None),
+            Err(e) => (None, Some(ErrorKind::from_io(&e))),
+        }
+    } else {
+        (None, None)
     };
     // The first worker of each agent runs its fan-out publisher, if the profile has one.
     let publisher = (worker == 0 && super::publisher::wanted(&shard))
@@ -239,13 +323,14 @@ pub(crate) async fn run(
     // Time spent paused so far; planned instants move later by this much.
     let mut shift = Duration::ZERO;
     let mut paused_since: Option<Instant> = None;
-    let send = |seq: u64, last: bool, open: u64, data: IntervalData| {
+    let send = |seq: u64, last: bool, (open, open_established): (u64, u64), data: IntervalData| {
         // The receiver only goes away when the run is over; nothing to report to then.
         let _ = snapshot_tx.send(IntervalSnapshot {
             reporter: worker,
             seq,
             last,
             open,
+            open_established,
             data,
         });
     };
@@ -275,7 +360,7 @@ pub(crate) async fn run(
             }
             () = sleep_until(next_tick) => {
                 let data = shard.data.replace(shard.fresh_data());
-                send(seq, false, shard.open.get(), data);
+                send(seq, false, (shard.open.get(), shard.served()), data);
                 seq += 1;
                 next_tick += Duration::from_secs(1);
             }
@@ -290,6 +375,12 @@ pub(crate) async fn run(
                         SlotAction::Open => {
                             if let Some(table) = table.as_mut() {
                                 table.open(&shard, event.slot, origin + event.at);
+                                continue;
+                            }
+                            if let Some(kind) = table_error {
+                                let (source, target) = shard.plan.pool.pair_in(event.slot, 0);
+                                shard.data.borrow_mut().count(source, target, |c| c.attempts += 1);
+                                shard.fail(source, target, kind);
                                 continue;
                             }
                             let task = spawn_slot(&shard, event.slot, origin + event.at, false);
@@ -307,8 +398,10 @@ pub(crate) async fn run(
                             }
                         }
                         SlotAction::Kick { reset } => {
-                            if let Some(table) = table.as_mut() {
-                                table.kick(&shard, event.slot, reset);
+                            if tcp {
+                                if let Some(table) = table.as_mut() {
+                                    table.kick(&shard, event.slot, reset);
+                                }
                                 continue;
                             }
                             // Only established connections: one waiting to reconnect keeps
@@ -348,7 +441,7 @@ pub(crate) async fn run(
             }
         }
     }
-    let open_before_teardown = shard.open.get();
+    let open_before_teardown = (shard.open.get(), shard.served());
     shard.tearing_down.set(true);
     // Read before the teardown settles them: the heartbeats the run's end cut short.
     let in_flight = shard.awaiting.get();

@@ -99,7 +99,10 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         let mut data = IntervalData::new(1, targets.len().max(1));
         data.count(0, 0, |c| {
             c.attempts += connects;
+            c.connected += connects;
             c.established += connects;
+            c.slots_connected += connects;
+            c.slots_established += connects;
         });
         for _ in 0..connects {
             data.latency.record(Latency::Connect, rng.latency(400.0));
@@ -119,7 +122,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
                 .record(Latency::HeartbeatRtt, rng.latency(250.0));
         }
         let last = seq + 1 == seconds;
-        let report = WireInterval::encode(seq, last, open, &data);
+        let report = WireInterval::encode(seq, last, open, open, &data);
         if wire::write_message(&mut writer, &Message::Report(Box::new(report)))
             .await
             .is_err()

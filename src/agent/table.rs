@@ -5,9 +5,13 @@
 //! (512 B) and the socket's registration (256 B), 768 of the ~810 bytes a held connection cost.
 //! Here a connection is one 56-byte `Conn` in a vector indexed by slot, plus at most a couple
 //! of 16-byte timer entries; its socket sits in this worker's own epoll set, which tokio sees as
-//! a single file descriptor. The states and their accounting are those of `conn.rs`, which
-//! still describes them for the other protocols' path: connect timed from the planned instant,
-//! heartbeats from their schedule, failures by kind, reconnects by the policy in force.
+//! a single file descriptor. Connect is timed from the planned instant, heartbeats from their
+//! schedule, failures by kind, reconnects by the policy in force, all counted through the
+//! shard's accounting (`Shard::connected`, `Shard::up`) as the other protocols' path is.
+//!
+//! Two levels of up: a connection is *connected* when its TCP handshake completes and
+//! *established* when the echo of its first heartbeat, sent at once, comes back. A server
+//! whose kernel accepted the connection but which never answers leaves it connected only.
 //!
 //! Deadlines live in a binary heap with lazy deletion: each connection remembers the deadline of
 //! its one live entry (`queued`), and an entry that no longer matches is skipped when it comes
@@ -31,6 +35,7 @@ use tokio::time::Instant;
 use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, micros};
 use super::shard::Shard;
 use crate::metrics::{ErrorKind, Latency};
+
 
 /// No deadline.
 const NONE: u64 = u64::MAX;
@@ -64,6 +69,8 @@ struct Conn {
     state: State,
     /// The target set this connection was opened in.
     set: u8,
+    /// Established: its first heartbeat's echo came back (never, for a silent connection).
+    proven: bool,
     count: u32,
     /// Attempts since the last success (0 for a first connection).
     attempt: u32,
@@ -86,6 +93,7 @@ impl Conn {
         fd: -1,
         state: State::Empty,
         set: 0,
+        proven: false,
         count: 0,
         attempt: 0,
         previous_ms: 0,
@@ -101,6 +109,12 @@ impl Conn {
             self.state,
             State::Silent | State::Idle | State::Sending | State::Echo
         )
+    }
+
+    /// Up as far as it can be: established, or connected when it holds silently. A loss of
+    /// an up connection is a disruption; one that never got there is a failed attempt.
+    fn is_up(&self) -> bool {
+        self.proven || self.state == State::Silent
     }
 }
 
@@ -216,7 +230,9 @@ impl Table {
         if reset {
             super::socket::set_linger_zero(self.conns[index].fd);
         }
-        shard.went_down();
+        if self.conns[index].is_up() {
+            shard.went_down();
+        }
         self.release(shard, index);
         let conn = &mut self.conns[index];
         conn.state = State::Empty;
@@ -243,6 +259,10 @@ impl Table {
         }
         if matches!(conn.state, State::Sending | State::Echo) {
             shard.heartbeat_settled();
+        }
+        if conn.proven {
+            shard.unserved();
+            conn.proven = false;
         }
         if conn.held() {
             shard.open.set(shard.open.get() - 1);
@@ -347,10 +367,13 @@ impl Table {
         }
     }
 
-    /// A held connection failed: counted, closed, and reconnected per policy.
+    /// A held connection failed: counted, closed, and reconnected per policy. One that was
+    /// never up (its first echo never came) goes on counting attempts.
     fn lose(&mut self, shard: &Shard, index: usize, kind: ErrorKind) {
-        shard.went_down();
-        self.conns[index].attempt = 0;
+        if self.conns[index].is_up() {
+            shard.went_down();
+            self.conns[index].attempt = 0;
+        }
         self.connect_failed(shard, index, kind);
     }
 
@@ -368,39 +391,30 @@ impl Table {
         self.after_failure(shard, index);
     }
 
-    /// The connect completed: times it and starts holding.
-    fn established(&mut self, shard: &Shard, index: usize) {
+    /// The TCP handshake completed: times it and starts holding. With heartbeats the first one
+    /// goes out at once, since its echo is what proves the connection is served; without, the
+    /// connection is as up as plain TCP can show.
+    fn connected(&mut self, shard: &Shard, index: usize) {
         let slot = self.slot(index);
         let now = Self::now(shard);
         let conn = self.conns[index];
         let (source, target) = shard.plan.pool.pair_in(slot, conn.set as usize);
         let service = now.saturating_sub(conn.began);
-        {
-            let mut data = shard.data.borrow_mut();
-            data.latency
-                .record(Latency::Connect, service + u64::from(conn.lag_us));
-            data.latency.record(Latency::ConnectService, service);
-            data.count(source, target, |c| c.established += 1);
-            if conn.attempt > 0 {
-                data.reconnected(source, target, conn.attempt);
-                let since_phase =
-                    Instant::now().saturating_duration_since(shard.phase_started.get());
-                data.latency.record(Latency::Recovery, micros(since_phase));
-            }
-            data.last_established_us = Some(now);
-        }
+        shard.connected(slot, source, target, service, u64::from(conn.lag_us));
         shard.open.set(shard.open.get() + 1);
         let conn = &mut self.conns[index];
-        conn.attempt = 0;
         match shard.plan.heartbeat {
-            Some(h) => {
-                let first = now + micros(heartbeat_offset(slot, h.interval));
-                conn.state = State::Idle;
-                conn.scheduled = first;
-                conn.wake = first;
-                self.arm(index, first);
+            Some(_) => {
+                conn.scheduled = now;
+                conn.began = now;
+                conn.count = 0;
+                conn.state = State::Sending;
+                shard.heartbeat_sent(source, target);
+                self.send(shard, index);
             }
             None => {
+                shard.up(slot, source, target, conn.attempt, false);
+                conn.attempt = 0;
                 conn.state = State::Silent;
                 conn.wake = NONE;
             }
@@ -467,7 +481,7 @@ impl Table {
             State::Connecting => {
                 if writable {
                     match socket_error(fd) {
-                        Ok(()) => self.established(shard, index),
+                        Ok(()) => self.connected(shard, index),
                         Err(e) => self.connect_failed(shard, index, ErrorKind::from_io(&e)),
                     }
                 }
@@ -523,11 +537,13 @@ impl Table {
         }
     }
 
-    /// The echo is complete: RTT from the planned send, and the next heartbeat queued.
+    /// The echo is complete: RTT from the planned send, and the next heartbeat queued. The
+    /// first echo establishes the connection; the next heartbeat then falls at the slot's
+    /// own offset into the interval, so that heartbeats stay spread.
     fn answered(&mut self, shard: &Shard, index: usize) {
         let slot = self.slot(index);
         let now = Self::now(shard);
-        let interval = shard.plan.heartbeat.map_or(0, |h| micros(h.interval));
+        let interval = shard.plan.heartbeat.map_or(Duration::ZERO, |h| h.interval);
         let conn = &mut self.conns[index];
         let (source, target) = shard.plan.pool.pair_in(slot, conn.set as usize);
         {
@@ -541,7 +557,17 @@ impl Table {
             data.count(source, target, |c| c.heartbeats_answered += 1);
         }
         shard.heartbeat_settled();
-        conn.scheduled += interval;
+        if conn.proven {
+            conn.scheduled += micros(interval);
+        } else {
+            conn.proven = true;
+            shard.up(slot, source, target, conn.attempt, true);
+            conn.attempt = 0;
+            conn.scheduled += micros(heartbeat_offset(slot, interval));
+            if conn.scheduled <= now {
+                conn.scheduled += micros(interval);
+            }
+        }
         conn.state = State::Idle;
         conn.wake = conn.scheduled;
         let next = conn.scheduled;

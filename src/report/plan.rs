@@ -9,8 +9,9 @@ use crate::profile::duration::Human;
 use crate::profile::timeline;
 use crate::profile::{Profile, TargetSpec};
 
-pub fn render(profile: &Profile) -> String {
+pub fn render(profile: &Profile) -> PlanCheck {
     let mut out = String::new();
+    let mut fits = true;
     let spans = timeline::spans(profile);
     let peak = profile.peak_connections();
     let _ = writeln!(out, "profile     {}: valid", profile.name);
@@ -116,11 +117,13 @@ pub fn render(profile: &Profile) -> String {
                     let _ = writeln!(out, "            fits");
                 }
                 Err(e) => {
+                    fits = false;
                     let _ = writeln!(out, "            DOES NOT FIT: {e}");
                 }
             }
         }
         Err(e) => {
+            fits = false;
             let _ = writeln!(out, "sources     DOES NOT FIT: {e}");
         }
     }
@@ -146,7 +149,22 @@ pub fn render(profile: &Profile) -> String {
         let list: Vec<&str> = profile.thresholds.iter().map(|t| t.text.as_str()).collect();
         let _ = writeln!(out, "thresholds  {}", list.join(", "));
     }
-    out
+    let _ = writeln!(
+        out,
+        "established {}",
+        match profile.established_by() {
+            "first_heartbeat_echo" => "when the first heartbeat's echo comes back",
+            "protocol_handshake" => "when the protocol's handshake completes",
+            _ => "never: plain TCP without heartbeats only shows connected (add a heartbeat)",
+        }
+    );
+    PlanCheck { text: out, fits }
+}
+
+/// The expanded plan, and whether it fits this host's source ports.
+pub struct PlanCheck {
+    pub text: String,
+    pub fits: bool,
 }
 
 /// The protocol options worth seeing before a run: TLS checks and resumption, the upgrade.

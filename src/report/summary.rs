@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 
 use crate::metrics::{Aggregate, Counts, ErrorKind, Latency, TimelinePoint};
-use crate::profile::threshold::{Subject, Threshold};
+use crate::profile::threshold::{PhaseMetric, Subject, Threshold};
 use crate::profile::timeline::PhaseSpan;
 
 pub const SCHEMA: &str = "stampede.summary/v1";
@@ -115,20 +115,44 @@ impl LatencySummary {
     }
 }
 
+/// Two levels of "up": `connected` (the TCP handshake completed) and `established` (the
+/// connection proved it is served: see `established_by`). Event counts include reconnects;
+/// the `*_slots` counts and the ratios count each connection slot once, so reconnects never
+/// lift them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ConnectionCounts {
     pub requested: u64,
     pub attempts: u64,
+    pub connected: u64,
     pub established: u64,
+    pub connected_slots: u64,
+    pub established_slots: u64,
+    /// `connected_slots` and `established_slots` over `requested`.
+    pub connected_ratio: f64,
+    pub established_ratio: f64,
+    /// What proves a connection served: `first_heartbeat_echo` (plain TCP with heartbeats),
+    /// `protocol_handshake`, or `none` (plain TCP without heartbeats: nothing is ever
+    /// established).
+    pub established_by: &'static str,
     pub peak_open: u64,
+    /// Open (connected and held) when the run ended, before teardown; of those, established;
+    /// and how many the plan wanted open then.
     pub open_at_end: u64,
+    pub established_at_end: u64,
+    pub wanted_at_end: u64,
+    /// `established_at_end / wanted_at_end`; null when the plan wanted none.
+    pub open_at_end_ratio: Option<f64>,
     pub closed: u64,
     /// Seconds from the run's start to the first `connect()` and to the last establishment.
     pub first_attempt_s: Option<f64>,
     pub last_established_s: Option<f64>,
-    /// Established connections per second between those two moments.
+    /// TCP connects per second during ramp phases only, from the first attempt to the ramps'
+    /// last connect: reconnects under storms and drains do not count here.
     pub connects_per_s: Option<f64>,
-    /// Re-established after a failure or close (also counted in `established`).
+    /// Reconnections in the busiest second of the run (see `reconnects`).
+    pub peak_reconnects_per_s: u64,
+    /// Back up after a failure, a close or a storm's kick (also counted in `established`, or
+    /// for plain TCP without heartbeats in `connected`).
     pub reconnects: u64,
     /// Stopped retrying when the reconnect policy ran out of attempts.
     pub given_up: u64,
@@ -167,7 +191,10 @@ pub struct ThresholdResult {
 pub struct ScopeCounts {
     pub addr: String,
     pub attempts: u64,
+    pub connected: u64,
     pub established: u64,
+    pub connected_slots: u64,
+    pub established_slots: u64,
     pub closed: u64,
     pub errors: ErrorCounts,
 }
@@ -177,7 +204,10 @@ impl ScopeCounts {
         ScopeCounts {
             addr,
             attempts: counts.attempts,
+            connected: counts.connected,
             established: counts.established,
+            connected_slots: counts.slots_connected,
+            established_slots: counts.slots_established,
             closed: counts.closed,
             errors: ErrorCounts(counts.errors),
         }
@@ -194,11 +224,15 @@ pub struct PhaseRecord {
     /// Connections wanted open at the phase's start and end.
     pub from: u64,
     pub to: u64,
-    /// The busiest second's established connections (per-second resolution).
+    /// The busiest second's TCP connects (per-second resolution).
     pub peak_connects_per_s: u64,
-    /// Seconds from the phase's start until at least 99% (and all) of `to` were open again for
-    /// good; 0 if the count never fell below; null if it had not recovered by the run's end.
-    /// Per-second resolution; reported for storms, drains and cutovers.
+    /// Connections open and established when the phase ended (at the end of the second it
+    /// ended in), over `to`. Reported for disruptive phases (storm, drain, cutover, server).
+    pub recovered_ratio: Option<f64>,
+    /// Seconds from the phase's start until at least 99% (and all) of the connections that
+    /// went down were established again for good: 0 if never more than 1% (any) were down at
+    /// once; null if the phase ended short of it, or if fewer than 99% (all) of `to` were
+    /// established at its end (`recovered_ratio`). Reported for disruptive phases.
     pub recovery_99_s: Option<f64>,
     pub recovery_100_s: Option<f64>,
     /// Connect latency of the attempts made during the phase.
@@ -219,6 +253,14 @@ pub struct PhaseStats {
     pub recovery: Option<Histogram<u64>>,
     pub disconnect: Option<Histogram<u64>>,
     pub reconnect_attempts: Vec<u64>,
+}
+
+/// `part / whole`, at most 1; 1 when nothing was wanted.
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 1.0;
+    }
+    (part as f64 / whole as f64).min(1.0)
 }
 
 /// Seconds from the phase's start until at least `share` of `want` connections were open for
@@ -335,6 +377,8 @@ pub struct Summary {
 pub struct RunFacts<'a> {
     pub profile: &'a str,
     pub requested: u64,
+    /// `Profile::established_by`.
+    pub established_by: &'static str,
     pub spans: &'a [PhaseSpan],
     pub thresholds: &'a [Threshold],
     pub source_labels: Vec<String>,
@@ -342,6 +386,8 @@ pub struct RunFacts<'a> {
     pub started_at_unix_ms: u64,
     pub elapsed_s: f64,
     pub workers: usize,
+    /// Connections the plan wanted open when the run ended.
+    pub wanted_at_end: u64,
     /// Why the run stopped early, if it did.
     pub abort_reason: Option<String>,
     pub agents: Vec<AgentRecord>,
@@ -392,6 +438,19 @@ impl Summary {
                 let end = s.end.as_secs_f64().min(facts.elapsed_s);
                 let stats = facts.phase_stats.get(s.index).cloned().unwrap_or_default();
                 let disruptive = matches!(s.kind, "storm" | "drain" | "cutover" | "server");
+                // The gauge at the end of the second the phase ended in.
+                let last_second = (end.ceil() as u64).saturating_sub(1);
+                let established_at_end = timeline
+                    .iter()
+                    .rev()
+                    .find(|p| p.second <= last_second)
+                    .map_or(0, |p| p.open_established);
+                let recovered_ratio = disruptive.then(|| ratio(established_at_end, s.to));
+                let healed = |share: f64| {
+                    recovered_ratio
+                        .filter(|r| *r >= share)
+                        .and_then(|_| recovery(&stats, s.to, share))
+                };
                 PhaseRecord {
                     index: s.index,
                     name: s.kind,
@@ -405,16 +464,9 @@ impl Summary {
                         .map(|p| p.connects)
                         .max()
                         .unwrap_or(0),
-                    recovery_99_s: if disruptive {
-                        recovery(&stats, s.to, 0.99)
-                    } else {
-                        None
-                    },
-                    recovery_100_s: if disruptive {
-                        recovery(&stats, s.to, 1.0)
-                    } else {
-                        None
-                    },
+                    recovered_ratio,
+                    recovery_99_s: if disruptive { healed(0.99) } else { None },
+                    recovery_100_s: if disruptive { healed(1.0) } else { None },
                     connect_p99_us: stats
                         .connect
                         .as_ref()
@@ -446,18 +498,29 @@ impl Summary {
             connections: ConnectionCounts {
                 requested: facts.requested,
                 attempts: c.attempts,
+                connected: c.connected,
                 established: c.established,
+                connected_slots: c.slots_connected,
+                established_slots: c.slots_established,
+                connected_ratio: ratio(c.slots_connected, facts.requested),
+                established_ratio: ratio(c.slots_established, facts.requested),
+                established_by: facts.established_by,
                 peak_open: aggregate.peak_open,
                 open_at_end: aggregate.open,
+                established_at_end: aggregate.open_established,
+                wanted_at_end: facts.wanted_at_end,
+                open_at_end_ratio: (facts.wanted_at_end > 0)
+                    .then(|| ratio(aggregate.open_established, facts.wanted_at_end)),
                 closed: c.closed,
                 first_attempt_s: totals.first_attempt_us.map(|us| us as f64 / 1e6),
                 last_established_s: totals.last_established_us.map(|us| us as f64 / 1e6),
-                connects_per_s: match (totals.first_attempt_us, totals.last_established_us) {
+                connects_per_s: match (totals.first_attempt_us, totals.last_ramp_connected_us) {
                     (Some(first), Some(last)) if last > first => {
-                        Some((c.established as f64 * 1e6 / (last - first) as f64).round())
+                        Some((totals.ramp_connected as f64 * 1e6 / (last - first) as f64).round())
                     }
                     _ => None,
                 },
+                peak_reconnects_per_s: timeline.iter().map(|p| p.reconnects).max().unwrap_or(0),
                 reconnects: c.reconnects,
                 given_up: c.given_up,
             },
@@ -536,10 +599,19 @@ impl Summary {
             Subject::Latency { family, stat } => self.latency_us.family(family)?.stat(stat),
             Subject::Errors(None) => Some(self.errors.0.iter().sum::<u64>() as f64),
             Subject::Errors(Some(kind)) => Some(self.errors.0[*kind as usize] as f64),
-            Subject::EstablishedRatio => {
-                Some((c.established as f64 / c.requested.max(1) as f64).min(1.0))
-            }
+            Subject::EstablishedRatio => Some(c.established_ratio),
+            Subject::ConnectedRatio => Some(c.connected_ratio),
+            Subject::OpenAtEndRatio => c.open_at_end_ratio,
             Subject::Established => Some(c.established as f64),
+            Subject::Connected => Some(c.connected as f64),
+            Subject::Phase { index, metric } => {
+                let phase = self.phases.iter().find(|p| p.index == *index)?;
+                match metric {
+                    PhaseMetric::RecoveredRatio => phase.recovered_ratio,
+                    PhaseMetric::Recovery99 => phase.recovery_99_s,
+                    PhaseMetric::Recovery100 => phase.recovery_100_s,
+                }
+            }
             Subject::Attempts => Some(c.attempts as f64),
             Subject::PeakOpen => Some(c.peak_open as f64),
             Subject::Received => Some(self.messages.received as f64),
@@ -577,8 +649,10 @@ mod tests {
             .map(|second| TimelinePoint {
                 second,
                 open: 0,
+                open_established: 0,
                 attempts: 0,
                 connects: 0,
+                reconnects: 0,
                 closes: 0,
                 errors: 0,
             })

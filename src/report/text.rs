@@ -47,9 +47,10 @@ fn scope_rows(out: &mut String, title: &str, rows: &[ScopeCounts]) {
     for row in sorted.iter().take(SHOWN) {
         let _ = writeln!(
             out,
-            "  {:<24} attempts {:>9}  established {:>9}  closed {:>7}  errors: {}",
+            "  {:<24} attempts {:>9}  connected {:>9}  established {:>9}  closed {:>7}  errors: {}",
             row.addr,
             row.attempts,
+            row.connected,
             row.established,
             row.closed,
             errors_text(&row.errors.0)
@@ -115,15 +116,38 @@ pub fn render(summary: &Summary) -> String {
         let _ = writeln!(out, "aborted: {reason}");
     }
     let c = &summary.connections;
-    let ratio = if c.requested > 0 {
-        100.0 * c.established as f64 / c.requested as f64
-    } else {
-        0.0
-    };
     let _ = writeln!(
         out,
-        "connections  requested {}  attempts {}  established {} ({ratio:.1}%)  peak open {}  closed early {}",
-        c.requested, c.attempts, c.established, c.peak_open, c.closed
+        "connections  requested {}  attempts {}  connected {} ({:.1}% of slots)  established {} ({:.1}% of slots)  peak open {}  closed early {}",
+        c.requested,
+        c.attempts,
+        c.connected_slots,
+        100.0 * c.connected_ratio,
+        c.established_slots,
+        100.0 * c.established_ratio,
+        c.peak_open,
+        c.closed
+    );
+    let _ = writeln!(
+        out,
+        "at the end   open {}  established {} of {} wanted{}{}",
+        c.open_at_end,
+        c.established_at_end,
+        c.wanted_at_end,
+        if c.reconnects > 0 {
+            format!(
+                "  reconnects {} (peak {}/s)",
+                c.reconnects, c.peak_reconnects_per_s
+            )
+        } else {
+            String::new()
+        },
+        if c.established_by == "none" {
+            "  (plain TCP without heartbeats: connections are only ever connected, nothing \
+             shows a server answering; add a heartbeat to establish them)"
+        } else {
+            ""
+        }
     );
     let h = &summary.heartbeats;
     let _ = writeln!(
@@ -178,8 +202,14 @@ pub fn render(summary: &Summary) -> String {
     if !disruptive.is_empty() {
         let _ = writeln!(
             out,
-            "phases{:>21} {:>10} {:>10} {:>11} {:>10} {:>8}  attempts per reconnect",
-            "peak conn/s", "99% back", "100% back", "connect p99", "reconnects", "gave up"
+            "phases{:>21} {:>9} {:>10} {:>10} {:>11} {:>10} {:>8}  attempts per reconnect",
+            "peak conn/s",
+            "recovered",
+            "99% back",
+            "100% back",
+            "connect p99",
+            "reconnects",
+            "gave up"
         );
         let seconds =
             |v: Option<f64>| v.map_or_else(|| "never".to_string(), |s| format!("{s:.2}s"));
@@ -193,10 +223,12 @@ pub fn render(summary: &Summary) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "  {:<7} {:>5.1}s {:>11} {:>10} {:>10} {:>11} {:>10} {:>8}  {}",
+                "  {:<7} {:>5.1}s {:>11} {:>9} {:>10} {:>10} {:>11} {:>10} {:>8}  {}",
                 p.name,
                 p.start_s,
                 p.peak_connects_per_s,
+                p.recovered_ratio
+                    .map_or_else(|| "-".to_string(), |r| format!("{:.1}%", 100.0 * r)),
                 seconds(p.recovery_99_s),
                 seconds(p.recovery_100_s),
                 cell(p.connect_p99_us),

@@ -81,7 +81,12 @@ fn interval(second: u64, rng: &mut Lcg) -> IntervalData {
                     c.errors[ErrorKind::Refused as usize] += 1
                 });
             } else {
-                data.count(source, target, |c| c.established += 1);
+                data.count(source, target, |c| {
+                    c.connected += 1;
+                    c.established += 1;
+                    c.slots_connected += 1;
+                    c.slots_established += 1;
+                });
             }
         }
     }
@@ -129,6 +134,7 @@ pub fn snapshot() -> LiveSnapshot {
             seq: second,
             last: false,
             open,
+            open_established: open,
             data,
         });
     }
@@ -145,6 +151,8 @@ pub fn snapshot() -> LiveSnapshot {
         RunFacts {
             profile: "launch-rehearsal",
             requested: 120_000,
+            established_by: "first_heartbeat_echo",
+            wanted_at_end: 120_000,
             spans: &spans,
             thresholds: &thresholds,
             source_labels: SOURCES.iter().map(ToString::to_string).collect(),
@@ -169,6 +177,7 @@ pub fn snapshot() -> LiveSnapshot {
         phase: Some(1),
         wanted: 120_000,
         open,
+        open_established: open,
         interval: last.totals,
         interval_latency: last.latency,
         total_latency: aggregate.totals.latency.clone(),

@@ -457,9 +457,10 @@ fn draw_connections(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
     .areas(inner);
     let peak = planned_peak(s);
     let label = format!(
-        "{} / {} open   wanted now {}",
+        "{} / {} open ({} established)   wanted now {}",
         thousands(s.open),
         thousands(peak),
+        thousands(s.open_established),
         thousands(s.wanted)
     );
     frame.render_widget(
@@ -474,7 +475,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
     let c = &s.summary.connections;
     let mut parts = vec![
         Span::styled("connects/s ", DIM),
-        Span::styled(thousands(i.established), Style::new().fg(CONNECTS).bold()),
+        Span::styled(thousands(i.connected), Style::new().fg(CONNECTS).bold()),
         Span::styled("  closes/s ", DIM),
         Span::styled(thousands(i.closed), Style::new().fg(CLOSES).bold()),
         Span::styled("  errors/s ", DIM),
@@ -490,8 +491,10 @@ fn draw_connections(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
         ),
         Span::styled("  attempts ", DIM),
         Span::raw(thousands(c.attempts)),
+        Span::styled("  connected ", DIM),
+        Span::raw(thousands(c.connected_slots)),
         Span::styled("  established ", DIM),
-        Span::raw(thousands(c.established)),
+        Span::raw(thousands(c.established_slots)),
     ];
     if area.width >= 100 {
         parts.extend([
@@ -1104,7 +1107,7 @@ fn draw_agents(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
 }
 
 fn open_of(c: &ScopeCounts) -> u64 {
-    c.established.saturating_sub(c.closed)
+    c.connected.saturating_sub(c.closed)
 }
 
 fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
