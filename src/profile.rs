@@ -203,7 +203,10 @@ impl Phase {
     pub fn is_disruptive(&self) -> bool {
         matches!(
             self,
-            Phase::Storm { .. } | Phase::Drain { .. } | Phase::Cutover { .. } | Phase::Server { .. }
+            Phase::Storm { .. }
+                | Phase::Drain { .. }
+                | Phase::Cutover { .. }
+                | Phase::Server { .. }
         )
     }
 

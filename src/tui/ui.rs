@@ -489,15 +489,16 @@ fn draw_connections(frame: &mut Frame, area: Rect, s: &LiveSnapshot) {
                 })
                 .bold(),
         ),
-        Span::styled("  attempts ", DIM),
-        Span::raw(thousands(c.attempts)),
         Span::styled("  connected ", DIM),
         Span::raw(thousands(c.connected_slots)),
         Span::styled("  established ", DIM),
         Span::raw(thousands(c.established_slots)),
     ];
+    // Below 100 columns the two levels of "up" keep their place; attempts make way.
     if area.width >= 100 {
         parts.extend([
+            Span::styled("  attempts ", DIM),
+            Span::raw(thousands(c.attempts)),
             Span::styled("  peak ", DIM),
             Span::raw(thousands(c.peak_open)),
             Span::styled("  heartbeats/s ", DIM),
@@ -1112,9 +1113,9 @@ fn open_of(c: &ScopeCounts) -> u64 {
 
 fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
     let sources = &s.summary.sources;
-    let established: u64 = sources.iter().map(|c| c.established).sum();
+    let established: u64 = sources.iter().map(|c| c.established_slots).sum();
     let name = name_width("source", sources.iter().map(|c| c.addr.as_str()));
-    let bar = bar_width(area, &[name, 9, 11, 14, 9, 6], 40);
+    let bar = bar_width(area, &[name, 9, 10, 11, 12, 9, 6], 40);
     let rows = sources
         .iter()
         .map(|c| {
@@ -1123,7 +1124,8 @@ fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
             Row::new([
                 Cell::from(c.addr.clone()),
                 right(thousands(open_of(c))),
-                right(thousands(c.established)),
+                right(thousands(c.connected_slots)),
+                right(thousands(c.established_slots)),
                 Cell::from(Line::from(thousands(unavailable)).right_aligned().style(
                     if unavailable > 0 {
                         Style::new().fg(ERRORS)
@@ -1132,9 +1134,9 @@ fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
                     },
                 )),
                 right(thousands(others)),
-                right(percent(c.established, established)),
+                right(percent(c.established_slots, established)),
                 Cell::from(Span::styled(
-                    share_bar(c.established, established, bar as usize),
+                    share_bar(c.established_slots, established, bar as usize),
                     Style::new().fg(OPEN),
                 )),
             ])
@@ -1147,8 +1149,9 @@ fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
         vec![
             "source",
             "open",
+            "connected",
             "established",
-            "addr_not_avail",
+            "addr unavail",
             "other err",
             "share",
             "",
@@ -1156,8 +1159,9 @@ fn draw_sources(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
         vec![
             Constraint::Length(name),
             Constraint::Length(9),
+            Constraint::Length(10),
             Constraint::Length(11),
-            Constraint::Length(14),
+            Constraint::Length(12),
             Constraint::Length(9),
             Constraint::Length(6),
             Constraint::Length(bar),
@@ -1184,7 +1188,7 @@ fn draw_targets(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
     let targets = &s.summary.targets;
     let open: u64 = targets.iter().map(open_of).sum();
     let name = name_width("target", targets.iter().map(|c| c.addr.as_str()));
-    let bar = bar_width(area, &[name, 9, 6, 11, 8], 50);
+    let bar = bar_width(area, &[name, 9, 6, 10, 11, 8], 50);
     let rows =
         targets
             .iter()
@@ -1198,7 +1202,8 @@ fn draw_targets(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
                         share_bar(open_of(c), open, bar as usize),
                         Style::new().fg(OPEN),
                     )),
-                    right(thousands(c.established)),
+                    right(thousands(c.connected_slots)),
+                    right(thousands(c.established_slots)),
                     Cell::from(Line::from(thousands(errors)).right_aligned().style(
                         if errors > 0 {
                             Style::new().fg(ERRORS)
@@ -1213,12 +1218,21 @@ fn draw_targets(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) 
         frame,
         area,
         "Targets",
-        vec!["target", "open", "share", "", "established", "errors"],
+        vec![
+            "target",
+            "open",
+            "share",
+            "",
+            "connected",
+            "established",
+            "errors",
+        ],
         vec![
             Constraint::Length(name),
             Constraint::Length(9),
             Constraint::Length(6),
             Constraint::Length(bar),
+            Constraint::Length(10),
             Constraint::Length(11),
             Constraint::Length(8),
         ],
