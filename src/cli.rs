@@ -423,6 +423,28 @@ pub struct NlbArgs {
     /// No JSON metric lines on stdout.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Who carries the flows: `userspace` (a proxy, two sockets per flow, no root) or
+    /// `kernel` (nftables and conntrack in a network namespace of its own; root, Linux).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "userspace|kernel",
+        default_value = "userspace"
+    )]
+    pub datapath: Datapath,
+    /// Kernel datapath: the load balancer's network namespace (also its interfaces' prefix).
+    #[arg(long, value_name = "NAME", default_value = "snlb")]
+    pub netns: String,
+    /// Kernel datapath: N in the 10.N.0.0/16 block its links and client addresses use.
+    #[arg(long, value_name = "N", default_value_t = 215)]
+    pub kernel_net: u8,
+}
+
+/// `stampede nlb --datapath`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datapath {
+    Userspace,
+    Kernel,
 }
 
 #[derive(Args, Debug)]
@@ -1152,7 +1174,7 @@ async fn nlb_command(args: NlbArgs) -> i32 {
     let node_ips = if args.node_ips.is_empty() {
         crate::nlb::default_node_ips(nodes)
     } else if args.node_ips.len() == nodes {
-        args.node_ips
+        args.node_ips.clone()
     } else {
         eprint_line(&format!(
             "stampede nlb: --node-ips: {} addresses for --nodes {nodes}; give one per node",
@@ -1161,7 +1183,7 @@ async fn nlb_command(args: NlbArgs) -> i32 {
         return 2;
     };
     let config = crate::nlb::NlbConfig {
-        targets: args.targets,
+        targets: args.targets.clone(),
         node_ips,
         client_ip_preservation: args.client_ip_preservation.on(),
         ports_per_target: args.ports_per_target,
@@ -1175,6 +1197,9 @@ async fn nlb_command(args: NlbArgs) -> i32 {
     if let Err(e) = config.validate() {
         eprint_line(&format!("stampede nlb: {e}"));
         return 2;
+    }
+    if args.datapath == Datapath::Kernel {
+        return nlb_kernel_command(&args, config).await;
     }
     if let Err(e) = crate::host::raise_fd_limit() {
         eprint_line(&format!("stampede nlb: cannot raise RLIMIT_NOFILE: {e}"));
@@ -1243,5 +1268,99 @@ async fn nlb_command(args: NlbArgs) -> i32 {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
+    0
+}
+
+/// `stampede nlb --datapath kernel`: builds the namespace and rules, serves the same admin
+/// endpoint and metric lines, and removes everything on SIGINT or SIGTERM.
+async fn nlb_kernel_command(args: &NlbArgs, config: crate::nlb::NlbConfig) -> i32 {
+    use crate::nlb::kernel::{KernelNlb, KernelPlan};
+    if !args.node_ips.is_empty() {
+        eprint_line(
+            "stampede nlb: --node-ips: the kernel datapath numbers its nodes itself \
+             (10.N.1.10 and up); leave --node-ips out",
+        );
+        return 2;
+    }
+    let plan = match KernelPlan::new(&args.netns, args.kernel_net, args.listen, config) {
+        Ok(plan) => plan,
+        Err(e) => {
+            eprint_line(&format!("stampede nlb: {e}"));
+            return 2;
+        }
+    };
+    let admin = match args.admin {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprint_line(&format!(
+                    "stampede nlb: --admin {addr}: cannot listen: {e}; choose a free port or an address of this host"
+                ));
+                return 2;
+            }
+        },
+    };
+    let nlb = match tokio::task::spawn_blocking(move || KernelNlb::start(plan)).await {
+        Ok(Ok(nlb)) => nlb,
+        Ok(Err(e)) => {
+            eprint_line(&format!("stampede nlb: --datapath kernel: {e}"));
+            return 2;
+        }
+        Err(e) => {
+            eprint_line(&format!("stampede nlb: --datapath kernel: {e}"));
+            return 3;
+        }
+    };
+    let plan = nlb.plan();
+    println!(
+        "listening on {} (kernel datapath, namespace {})",
+        plan.vip, plan.netns
+    );
+    println!(
+        "clients bind {} (sources.addrs); node IPs {}",
+        plan.client_range(),
+        (0..plan.nodes)
+            .map(|k| plan.node_ip(k).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(admin) = admin {
+        if let Ok(bound) = admin.local_addr() {
+            println!("admin on {bound}");
+        }
+        tokio::spawn(crate::nlb::serve_admin(
+            admin,
+            nlb.clone(),
+            std::future::pending(),
+        ));
+    }
+    let _ = std::io::stdout().flush();
+    if !args.quiet {
+        tokio::spawn(crate::nlb::report_metrics(
+            nlb.clone(),
+            args.metrics_period,
+            |lines| {
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(lines.as_bytes());
+                let _ = stdout.flush();
+            },
+        ));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async {
+            match term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+    nlb.teardown();
+    eprint_line(&format!(
+        "stampede nlb: removed namespace {} and its routes",
+        nlb.plan().netns
+    ));
     0
 }

@@ -122,7 +122,13 @@ pub fn local_addresses() -> Vec<(String, IpAddr)> {
 pub fn can_bind(ip: IpAddr, local: &[(String, IpAddr)]) -> bool {
     match ip {
         IpAddr::V4(v4) if v4.is_loopback() => true,
-        _ => local.iter().any(|(_, a)| *a == ip),
+        // Not on an interface, but a local route may still cover it (`ip route add local
+        // 10.0.4.0/24 dev lo`, as `stampede nlb --datapath kernel` sets up for its clients):
+        // the kernel's answer to a bind is the one that counts. UDP, so no TCP port is taken.
+        _ => {
+            local.iter().any(|(_, a)| *a == ip)
+                || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+        }
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod admin;
 mod flow;
+pub mod kernel;
 mod link;
 pub mod metrics;
 mod pool;
@@ -381,9 +382,36 @@ pub async fn run(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Out
     flows.shutdown().await;
 }
 
+/// What the admin endpoint and the metric lines need of a load balancer, whichever datapath
+/// carries its flows: the user-space proxy here (`Nlb`) or nftables and conntrack
+/// (`kernel::KernelNlb`).
+pub trait Balancer: Send + Sync + 'static {
+    /// Every counter now.
+    fn metrics(&self) -> NlbMetrics;
+    /// Lets new flows reach `addr` again.
+    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String>;
+    /// Stops new flows to `addr`; existing ones follow the deregistration delay and
+    /// connection termination settings. Must be called within a tokio runtime.
+    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String>;
+}
+
+impl Balancer for Nlb {
+    fn metrics(&self) -> NlbMetrics {
+        Nlb::metrics(self)
+    }
+
+    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        self.register(addr)
+    }
+
+    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+        self.deregister(addr)
+    }
+}
+
 /// Emits the counters of each `period` (one JSON line per node and per target) to `emit`,
 /// forever; cancel by dropping. The first period also counts what came before it.
-pub async fn report_metrics(nlb: Arc<Nlb>, period: Duration, mut emit: impl FnMut(&str)) {
+pub async fn report_metrics(nlb: Arc<dyn Balancer>, period: Duration, mut emit: impl FnMut(&str)) {
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut earlier = NlbMetrics {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use super::{Nlb, NlbMetrics};
+use super::{Balancer, NlbMetrics};
 use crate::sink::admin::{Request, Response, call, serve_http};
 
 /// Register or deregister, for `admin_target`.
@@ -32,7 +32,11 @@ impl TargetChange {
 }
 
 /// Serves the admin endpoint until `shutdown` completes.
-pub async fn serve_admin(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    nlb: Arc<dyn Balancer>,
+    shutdown: impl Future<Output = ()>,
+) {
     serve_http(
         listener,
         move |request: &Request| respond(request, &nlb),
@@ -41,7 +45,7 @@ pub async fn serve_admin(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Fu
     .await;
 }
 
-fn respond(request: &Request, nlb: &Arc<Nlb>) -> Vec<u8> {
+fn respond(request: &Request, nlb: &Arc<dyn Balancer>) -> Vec<u8> {
     let path = request.path.as_str();
     if path == "/metrics" {
         if request.method != "GET" {
@@ -90,8 +94,8 @@ fn respond(request: &Request, nlb: &Arc<Nlb>) -> Vec<u8> {
         .bytes();
     };
     let done = match change {
-        TargetChange::Register => nlb.register(addr),
-        TargetChange::Deregister => nlb.deregister(addr),
+        TargetChange::Register => nlb.clone().register_target(addr),
+        TargetChange::Deregister => nlb.clone().deregister_target(addr),
     };
     match done {
         Ok(()) => {

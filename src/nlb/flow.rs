@@ -80,8 +80,16 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
         None => None,
         Some(pool) => match pool.allocate() {
             Ok(lease) => Some(lease),
-            Err(_) => {
+            Err(refusal) => {
                 place.add(|c| &c.port_allocation_errors, 1);
+                match refusal {
+                    super::pool::Refusal::Full => {
+                        place.add(|c| &c.port_allocation_errors_concurrent, 1)
+                    }
+                    super::pool::Refusal::Rate => {
+                        place.add(|c| &c.port_allocation_errors_per_minute, 1)
+                    }
+                }
                 refuse(&nlb, client, &place).await;
                 return;
             }
@@ -102,8 +110,9 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
         Ok(upstream) => upstream,
         Err(e) => {
             if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
-                // The kernel ran out of ports before the pool did.
+                // The kernel ran out of ports before the pool did: a concurrent wall too.
                 place.add(|c| &c.port_allocation_errors, 1);
+                place.add(|c| &c.port_allocation_errors_concurrent, 1);
             } else if e.kind() == io::ErrorKind::ConnectionRefused {
                 place.add(|c| &c.target_resets, 1);
             } else {

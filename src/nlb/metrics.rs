@@ -16,6 +16,8 @@ pub struct Counters {
     pub active: AtomicU64,
     pub new_flows: AtomicU64,
     pub port_allocation_errors: AtomicU64,
+    pub port_allocation_errors_concurrent: AtomicU64,
+    pub port_allocation_errors_per_minute: AtomicU64,
     pub elb_resets: AtomicU64,
     pub target_resets: AtomicU64,
     pub client_resets: AtomicU64,
@@ -31,6 +33,13 @@ pub struct CountersSnapshot {
     pub new_flows: u64,
     #[serde(rename = "PortAllocationErrorCount")]
     pub port_allocation_errors: u64,
+    /// Of those, refused because the pair held its `--ports-per-target` flows at once (the
+    /// concurrent wall); not a CloudWatch metric, which counts both walls as one.
+    #[serde(rename = "PortAllocationErrorCount_Concurrent", default)]
+    pub port_allocation_errors_concurrent: u64,
+    /// Of those, refused because the pair had made its `--new-per-minute` allocations.
+    #[serde(rename = "PortAllocationErrorCount_PerMinute", default)]
+    pub port_allocation_errors_per_minute: u64,
     #[serde(rename = "TCP_ELB_Reset_Count")]
     pub elb_resets: u64,
     #[serde(rename = "TCP_Target_Reset_Count")]
@@ -48,6 +57,8 @@ impl Counters {
             active: get(&self.active),
             new_flows: get(&self.new_flows),
             port_allocation_errors: get(&self.port_allocation_errors),
+            port_allocation_errors_concurrent: get(&self.port_allocation_errors_concurrent),
+            port_allocation_errors_per_minute: get(&self.port_allocation_errors_per_minute),
             elb_resets: get(&self.elb_resets),
             target_resets: get(&self.target_resets),
             client_resets: get(&self.client_resets),
@@ -65,6 +76,12 @@ impl CountersSnapshot {
             port_allocation_errors: self
                 .port_allocation_errors
                 .saturating_sub(earlier.port_allocation_errors),
+            port_allocation_errors_concurrent: self
+                .port_allocation_errors_concurrent
+                .saturating_sub(earlier.port_allocation_errors_concurrent),
+            port_allocation_errors_per_minute: self
+                .port_allocation_errors_per_minute
+                .saturating_sub(earlier.port_allocation_errors_per_minute),
             elb_resets: self.elb_resets.saturating_sub(earlier.elb_resets),
             target_resets: self.target_resets.saturating_sub(earlier.target_resets),
             client_resets: self.client_resets.saturating_sub(earlier.client_resets),
@@ -76,6 +93,8 @@ impl CountersSnapshot {
         self.active += other.active;
         self.new_flows += other.new_flows;
         self.port_allocation_errors += other.port_allocation_errors;
+        self.port_allocation_errors_concurrent += other.port_allocation_errors_concurrent;
+        self.port_allocation_errors_per_minute += other.port_allocation_errors_per_minute;
         self.elb_resets += other.elb_resets;
         self.target_resets += other.target_resets;
         self.client_resets += other.client_resets;
@@ -192,7 +211,7 @@ impl NlbMetrics {
     /// each labelled by node or by target.
     pub fn prometheus(&self) -> String {
         type Field = fn(&CountersSnapshot) -> u64;
-        let families: [(&str, &str, &str, Field); 7] = [
+        let families: [(&str, &str, &str, Field); 9] = [
             (
                 "stampede_nlb_active_flows",
                 "gauge",
@@ -210,6 +229,18 @@ impl NlbMetrics {
                 "counter",
                 "PortAllocationErrorCount: flows refused for want of a source port.",
                 |c| c.port_allocation_errors,
+            ),
+            (
+                "stampede_nlb_port_allocation_errors_concurrent_total",
+                "counter",
+                "Of PortAllocationErrorCount, flows refused at the concurrent-ports wall.",
+                |c| c.port_allocation_errors_concurrent,
+            ),
+            (
+                "stampede_nlb_port_allocation_errors_per_minute_total",
+                "counter",
+                "Of PortAllocationErrorCount, flows refused at the new-flows-per-minute wall.",
+                |c| c.port_allocation_errors_per_minute,
             ),
             (
                 "stampede_nlb_elb_resets_total",
