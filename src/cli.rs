@@ -1301,6 +1301,16 @@ async fn nlb_kernel_command(args: &NlbArgs, config: crate::nlb::NlbConfig) -> i3
             }
         },
     };
+    // Before anything is built, so that a signal at any moment after it tears down.
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    async fn recv(s: &mut Option<Signal>) -> Option<()> {
+        match s.as_mut() {
+            Some(s) => s.recv().await,
+            None => std::future::pending().await,
+        }
+    }
     let nlb = match tokio::task::spawn_blocking(move || KernelNlb::start(plan)).await {
         Ok(Ok(nlb)) => nlb,
         Ok(Err(e)) => {
@@ -1347,15 +1357,9 @@ async fn nlb_kernel_command(args: &NlbArgs, config: crate::nlb::NlbConfig) -> i3
             },
         ));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        Some(()) = async {
-            match term.as_mut() {
-                Some(t) => t.recv().await,
-                None => std::future::pending().await,
-            }
-        } => {}
+        Some(()) = recv(&mut interrupt) => {}
+        Some(()) = recv(&mut term) => {}
     }
     nlb.teardown();
     eprint_line(&format!(

@@ -282,11 +282,12 @@ fn an_idle_flow_is_forgotten_and_its_next_packet_reset() {
     assert_eq!(code, 0, "no thresholds: the run itself succeeds");
     assert_eq!(s["connections"]["established_slots"], 50);
     assert_eq!(s["errors"]["reset"], 50, "{:#}", s["errors"]);
-    assert_eq!(
-        s["nlb"]["total"]["TCP_ELB_Reset_Count"], 50,
-        "{:#}",
-        s["nlb"]["total"]
-    );
+    // CloudWatch counts reset packets, not flows: a client whose segment crossed the first
+    // reset may send one more and get a second, so at least one per flow, at most two.
+    let resets = s["nlb"]["total"]["TCP_ELB_Reset_Count"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!((50..=100).contains(&resets), "{:#}", s["nlb"]["total"]);
     lb.stop();
 }
 
@@ -337,7 +338,14 @@ fn deregister_run(netns: &str, net: u8, termination: &str) -> (Value, u64) {
 fn deregistration_with_termination_resets_the_targets_flows_after_the_delay() {
     let (s, on_a) = deregister_run("tkdrt", 219, "on");
     assert_eq!(s["errors"]["reset"], on_a, "{:#}", s["errors"]);
-    assert_eq!(s["nlb"]["total"]["TCP_ELB_Reset_Count"], on_a);
+    let resets = s["nlb"]["total"]["TCP_ELB_Reset_Count"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        (on_a..=2 * on_a).contains(&resets),
+        "{:#}",
+        s["nlb"]["total"]
+    );
     assert_eq!(s["connections"]["open_at_end"], 100 - on_a);
 }
 
