@@ -600,7 +600,9 @@ fn overcommit_exit(fits: bool, allow_overcommit: bool) -> i32 {
         return 0;
     }
     if allow_overcommit {
-        eprintln!("stampede: the plan does not fit (see above); going on as --allow-overcommit asks");
+        eprintln!(
+            "stampede: the plan does not fit (see above); going on as --allow-overcommit asks"
+        );
         return 0;
     }
     eprintln!(

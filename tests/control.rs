@@ -1,13 +1,20 @@
 //! Live snapshots and controls: a view sees the run each second, can pause opening new
-//! connections, resume, and stop gracefully.
+//! connections, resume, and stop gracefully. And the control plane between a coordinator and
+//! its agents, as separate processes: what an agent refuses to be steered into (addresses
+//! outside `--allow-targets`, leases out of bounds), tokens that are refused, synthetic agents
+//! that cannot pass a gate, and frames that cannot be forged or replayed.
 
 mod common;
 
+use std::io::BufReader;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::SinkHandle;
-use serde_json::json;
+use common::{SinkHandle, SinkProcess, bin, wait_child, wait_for_line};
+use serde_json::{Value, json};
 use stampede::live::{Control, LiveRx, LiveSnapshot, RunState};
 use stampede::run;
 
@@ -88,4 +95,145 @@ async fn stop_from_a_view_aborts_gracefully() {
         Some("stopped from the dashboard")
     );
     assert_eq!(result.summary.connections.connected, 100);
+}
+
+/// A listener that must never be reached: it counts the connections that arrived.
+struct Decoy {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Decoy {
+    /// On 127.0.0.2, outside an agent started with `--allow-targets 127.0.0.1/32`.
+    fn start() -> Decoy {
+        let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        Decoy { listener, addr }
+    }
+
+    /// Connections accepted so far (every one in the backlog), once the processes are gone.
+    fn accepted(&self) -> usize {
+        let mut n = 0;
+        while self.listener.accept().is_ok() {
+            n += 1;
+        }
+        n
+    }
+}
+
+fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, value.to_string()).unwrap();
+    path
+}
+
+/// A headless coordinator on a free loopback port, once it listens: the process, its log and
+/// its address.
+fn coordinator(
+    profile: &Path,
+    agents: usize,
+    extra: &[&str],
+) -> (Child, BufReader<ChildStderr>, SocketAddr) {
+    let mut child = bin()
+        .args([
+            "coordinator",
+            "--headless",
+            "--listen",
+            "127.0.0.1:0",
+            "--join-timeout",
+            "20s",
+        ])
+        .args(["--agents", &agents.to_string()])
+        .args(extra)
+        .arg(profile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap());
+    let line = wait_for_line(&mut log, Duration::from_secs(10), |l| {
+        l.contains("listening on")
+    });
+    (child, log, common::listening_addr(&line))
+}
+
+/// A finished process's stderr, whole.
+fn rest(mut reader: impl std::io::Read) -> String {
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    text
+}
+
+fn agent_output(coordinator: SocketAddr, extra: &[&str]) -> std::process::Output {
+    bin()
+        .args([
+            "agent",
+            "--coordinator",
+            &coordinator.to_string(),
+            "--retry-for",
+            "5s",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_plan_naming_any_address_outside_the_allowlist_is_refused_and_nothing_reaches_it() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The main target is allowed; the cutover's, or a sink admin endpoint, is not.
+    let decoy = Decoy::start();
+    let cases = [
+        (
+            "cutover",
+            json!({"cutover": {"to": [decoy.addr.to_string()], "for": "1s"}}),
+            "phases[1].cutover.to[0]",
+        ),
+        (
+            "server-admin",
+            json!({"server": {"do": "close_all", "admin": decoy.addr.to_string(), "for": "1s"}}),
+            "phases[1].server.admin",
+        ),
+    ];
+    for (name, phase, at) in cases {
+        let profile = write_json(
+            dir.path(),
+            &format!("{name}.json"),
+            &json!({
+                "name": name,
+                "target": {"addrs": [sink.addr.to_string()]},
+                "connections": 20,
+                "reconnect": {"policy": "immediate"},
+                "phases": [{"ramp": {"rate": 1000}}, phase, {"hold": {"for": "1s"}}]
+            }),
+        );
+        let (mut coord, log, addr) = coordinator(&profile, 1, &[]);
+        let agent = agent_output(addr, &["--allow-targets", "127.0.0.1/32"]);
+        let agent_err = String::from_utf8_lossy(&agent.stderr);
+        assert_eq!(agent.status.code(), Some(2), "{name}: {agent_err}");
+        for text in [
+            decoy.addr.to_string().as_str(),
+            at,
+            "--allow-targets",
+            "127.0.0.1/32",
+        ] {
+            assert!(
+                agent_err.contains(text),
+                "{name}: {text:?} not in {agent_err}"
+            );
+        }
+        assert_eq!(
+            wait_child(&mut coord, Duration::from_secs(10)).code(),
+            Some(2),
+            "{name}"
+        );
+        let log = rest(log);
+        assert!(
+            log.contains("refused the plan") && log.contains(&decoy.addr.to_string()),
+            "{name}: {log}"
+        );
+    }
+    assert_eq!(decoy.accepted(), 0, "a refused address was reached");
 }

@@ -259,7 +259,10 @@ fn an_established_gate_without_heartbeats_is_a_profile_error() {
     let (code, _, stderr) = check(&["profile", "check", file.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("thresholds[0]"), "{stderr}");
-    assert!(stderr.contains("add \\\"heartbeat\\\"") || stderr.contains("add \"heartbeat\""), "{stderr}");
+    assert!(
+        stderr.contains("add \\\"heartbeat\\\"") || stderr.contains("add \"heartbeat\""),
+        "{stderr}"
+    );
     // A phase figure must name a disruptive phase.
     let profile = json!({
         "name": "no-storm", "target": "embedded", "connections": 10,

@@ -16,7 +16,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::{Engine, EnginePlan};
 use crate::collect::{Collector, Outputs, Progress, open_outputs};
 use crate::coordinator::{HANDSHAKE_TIMEOUT, unix_us};
-use crate::profile::{Profile, SourceSpec, TargetSpec, sources, timeline};
+use crate::profile::{PlanAddress, Profile, SourceSpec, TargetSpec, sources, timeline};
 use crate::run::{PreflightInput, RunError, preflight};
 use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireInterval};
 
@@ -361,17 +361,29 @@ fn accept_plan(
             return Err("target \"embedded\" needs a sink address from the coordinator".into());
         }
     };
-    if let Some(outside) = targets
-        .iter()
-        .find(|t| !options.allow_targets.iter().any(|c| c.contains(t.ip())))
-    {
+    // Everything the plan names, not only the targets: a cutover's `to`, admin endpoints and
+    // the targets an NLB phase registers steer load just as well.
+    let mut named = profile.addresses();
+    if let Some(list) = &plan.targets {
+        for (i, addr) in targets.iter().enumerate().take(list.len()) {
+            named.push(PlanAddress::new(format!("the plan's targets[{i}]"), *addr));
+        }
+    }
+    if let Some(outside) = named.iter().find(|a| {
+        !options
+            .allow_targets
+            .iter()
+            .any(|c| c.contains(a.addr.ip()))
+    }) {
         let allowed: Vec<String> = options
             .allow_targets
             .iter()
             .map(ToString::to_string)
             .collect();
         return Err(format!(
-            "target {outside} is outside this agent's --allow-targets ({}); start the agent with --allow-targets covering it",
+            "{} ({}) is outside this agent's --allow-targets ({}); start the agent with --allow-targets covering it if it is meant to be loaded",
+            outside.addr,
+            outside.at,
             allowed.join(", ")
         ));
     }

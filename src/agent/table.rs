@@ -36,7 +36,6 @@ use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, m
 use super::shard::Shard;
 use crate::metrics::{ErrorKind, Latency};
 
-
 /// No deadline.
 const NONE: u64 = u64::MAX;
 /// Events taken from the kernel per `epoll_wait`.

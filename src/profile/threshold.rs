@@ -171,7 +171,12 @@ impl Threshold {
                 ..
             } => parse_duration(value)
                 .map(|d| d.as_secs_f64())
-                .or_else(|| value.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0))
+                .or_else(|| {
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                })
                 .ok_or_else(|| {
                     format!(
                         "limit {value:?} is not a time; expected seconds (\"5\") or {DURATION_HINT}"
@@ -339,12 +344,19 @@ mod tests {
         assert_eq!(t.limit, 5.0);
         assert_eq!(t.unit(), "s");
         assert_eq!(
-            Threshold::parse("phases.2.recovery_99_s <= 2.5").unwrap().limit,
+            Threshold::parse("phases.2.recovery_99_s <= 2.5")
+                .unwrap()
+                .limit,
             2.5
         );
         let t = Threshold::parse("phases.0.recovered_ratio >= 1").unwrap();
         assert_eq!(t.unit(), "ratio");
         assert!(t.subject.needs_established());
-        assert!(!Threshold::parse("connected_ratio >= 1").unwrap().subject.needs_established());
+        assert!(
+            !Threshold::parse("connected_ratio >= 1")
+                .unwrap()
+                .subject
+                .needs_established()
+        );
     }
 }
