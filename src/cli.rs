@@ -186,7 +186,8 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
     pub join_timeout: Duration,
     /// Agents stop after this long without a word from the coordinator; agents silent this
-    /// long are marked lost.
+    /// long are marked lost. At least 3s (three keepalives); agents refuse more than their
+    /// --max-lease (30s by default).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub lease: Duration,
     /// Plain progress lines instead of the live dashboard.
@@ -220,6 +221,10 @@ pub struct AgentArgs {
     /// Targets this agent may load; a plan outside them is refused. Default: loopback only.
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub allow_targets: Vec<String>,
+    /// The longest lease this agent accepts from a coordinator (at least 3s); a plan with a
+    /// longer one is refused, so no coordinator can make load outlive it by more.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
+    pub max_lease: Duration,
     /// Keep dialling a coordinator that is not up yet for this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
     pub retry_for: Duration,
@@ -831,6 +836,14 @@ async fn agent_command(args: AgentArgs) -> i32 {
     if allow_targets.is_empty() {
         allow_targets = session::loopback_only();
     }
+    if args.max_lease < crate::wire::MIN_LEASE {
+        eprint_line(&format!(
+            "stampede agent: --max-lease {:?} is under {:?} (3 keepalive intervals); no coordinator could be followed",
+            args.max_lease,
+            crate::wire::MIN_LEASE
+        ));
+        return 2;
+    }
     for spec in &args.sources {
         if let Err(e) = crate::profile::sources::expand(spec) {
             eprint_line(&format!("stampede agent: --sources {spec:?}: {e}"));
@@ -847,6 +860,7 @@ async fn agent_command(args: AgentArgs) -> i32 {
         name: name.clone(),
         sources: args.sources,
         allow_targets,
+        max_lease: args.max_lease,
         retry_for: args.retry_for,
         workers: args.workers.map(usize::from),
         outputs: Outputs {

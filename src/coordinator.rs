@@ -350,6 +350,14 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
              Give --token-file F (the agents too), or listen on loopback"
         )));
     }
+    if options.lease < wire::MIN_LEASE {
+        return Err(RunError::Plan(format!(
+            "--lease {:?} is shorter than 3 keepalive intervals ({:?} each): one late keepalive would stop every agent; give --lease {:?} or more",
+            options.lease,
+            wire::KEEPALIVE_INTERVAL,
+            wire::MIN_LEASE
+        )));
+    }
     if let Some(i) = options
         .profile
         .phases
@@ -648,7 +656,7 @@ async fn drive(
         None,
     ));
     let mut abort_reason: Option<String> = None;
-    let mut keepalive = tokio::time::interval(Duration::from_secs(1));
+    let mut keepalive = tokio::time::interval(wire::KEEPALIVE_INTERVAL);
     let mut controls_open = true;
     while agents.iter().any(Agent::live) {
         tokio::select! {

@@ -36,6 +36,14 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// proof is a few hundred bytes), so a stranger cannot make either side reserve 16 MiB.
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 pub const NONCE_BYTES: usize = 32;
+/// How often the coordinator tells each agent it is still there.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest lease either side accepts: three keepalives, so that one late keepalive on a
+/// busy host does not stop every agent.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The longest lease an agent accepts unless told otherwise (`--max-lease`): how long load may
+/// go on after its coordinator has gone.
+pub const DEFAULT_MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -237,3 +237,75 @@ fn a_plan_naming_any_address_outside_the_allowlist_is_refused_and_nothing_reache
     }
     assert_eq!(decoy.accepted(), 0, "a refused address was reached");
 }
+
+#[test]
+fn leases_are_bounded_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let decoy = Decoy::start();
+    let profile = write_json(
+        dir.path(),
+        "lease.json",
+        &json!({
+            "name": "lease",
+            "target": {"addrs": [decoy.addr.to_string()]},
+            "connections": 20,
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "1s"}}]
+        }),
+    );
+    // Under three keepalives: the coordinator refuses before anyone joins.
+    let out = bin()
+        .args([
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+            "--lease",
+            "2s",
+        ])
+        .arg(&profile)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("--lease 2s is shorter than 3 keepalive intervals"),
+        "{text}"
+    );
+
+    // Over the agent's maximum: the agent refuses the plan and opens nothing.
+    let (mut coord, log, addr) = coordinator(&profile, 1, &["--lease", "20s"]);
+    let agent = agent_output(addr, &["--max-lease", "10s"]);
+    let agent_err = String::from_utf8_lossy(&agent.stderr);
+    assert_eq!(agent.status.code(), Some(2), "{agent_err}");
+    assert!(
+        agent_err.contains("lease of 20s is over this agent's --max-lease of 10s"),
+        "{agent_err}"
+    );
+    assert_eq!(
+        wait_child(&mut coord, Duration::from_secs(10)).code(),
+        Some(2)
+    );
+    let log = rest(log);
+    assert!(
+        log.contains("refused the plan") && log.contains("--max-lease"),
+        "{log}"
+    );
+    // And the default maximum is 30 s.
+    let (mut coord, _log, addr) = coordinator(&profile, 1, &["--lease", "31s"]);
+    let agent = agent_output(addr, &[]);
+    let agent_err = String::from_utf8_lossy(&agent.stderr);
+    assert_eq!(agent.status.code(), Some(2), "{agent_err}");
+    assert!(agent_err.contains("--max-lease of 30s"), "{agent_err}");
+    assert_eq!(
+        wait_child(&mut coord, Duration::from_secs(10)).code(),
+        Some(2)
+    );
+    let out = bin()
+        .args(["agent", "--coordinator", "127.0.0.1:9", "--max-lease", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-lease 1s is under 3s"));
+    assert_eq!(decoy.accepted(), 0, "a refused plan opened connections");
+}

@@ -101,6 +101,9 @@ pub struct AgentOptions {
     /// Source-address specs that replace the profile's.
     pub sources: Vec<String>,
     pub allow_targets: Vec<Cidr>,
+    /// The longest lease this agent accepts (`--max-lease`): how long it may keep load going
+    /// after its coordinator has gone silent.
+    pub max_lease: Duration,
     /// How long to keep dialling a coordinator that is not up yet.
     pub retry_for: Duration,
     pub workers: Option<usize>,
@@ -337,6 +340,20 @@ fn accept_plan(
     if plan.weights.len() != plan.agents || plan.agent_index >= plan.agents {
         return Err("the plan's share does not add up".into());
     }
+    let lease = Duration::from_millis(plan.lease_ms);
+    if lease > options.max_lease {
+        return Err(format!(
+            "the coordinator's lease of {lease:?} is over this agent's --max-lease of {:?}: the agent would keep its load going that long after losing the coordinator; start the coordinator with --lease {:?} or less, or this agent with a larger --max-lease",
+            options.max_lease, options.max_lease
+        ));
+    }
+    if lease < wire::MIN_LEASE {
+        return Err(format!(
+            "the coordinator's lease of {lease:?} is under {:?} (3 keepalive intervals): the agent would stop at the first late keepalive; start the coordinator with --lease {:?} or more",
+            wire::MIN_LEASE,
+            wire::MIN_LEASE
+        ));
+    }
     let mut share = profile.share(&plan.weights, plan.agent_index);
     if !options.sources.is_empty() {
         let mut addrs = Vec::new();
@@ -494,7 +511,8 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         }
     });
 
-    let lease = Duration::from_millis(plan.lease_ms.max(500));
+    // Checked against --max-lease and MIN_LEASE in accept_plan.
+    let lease = Duration::from_millis(plan.lease_ms);
     let mut last_heard = Instant::now();
     let mut dead: Option<String> = None;
     let mut stopped_by: Option<String> = None;

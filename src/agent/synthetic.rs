@@ -45,6 +45,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         token: options.token.clone(),
         sources: Vec::new(),
         allow_targets: Vec::new(),
+        max_lease: options.max_lease,
         retry_for: options.retry_for,
         workers: None,
         outputs: Default::default(),
