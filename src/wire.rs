@@ -246,15 +246,69 @@ pub fn verify(token: &[u8], role: &str, first: &str, second: &str, given: &str) 
         .is_ok_and(|given| mac(token, role, first, second).verify_slice(&given).is_ok())
 }
 
-/// Reads a token file: at least 16 bytes after trimming whitespace.
+/// The value deploy/kubernetes/secret.yaml once carried; refused wherever it turns up.
+pub const PLACEHOLDER_TOKEN: &str = "REPLACE-WITH-32-RANDOM-BYTES-BASE64";
+/// The command every token refusal suggests.
+pub const MAKE_TOKEN: &str = "head -c 32 /dev/urandom | base64";
+
+/// Why a token is too weak to stand between a stranger and the swarm, or `None`.
+///
+/// A rough check against tokens nobody chose at random, not an entropy proof: the shipped
+/// placeholder, fewer than 16 bytes, fewer than 16 distinct bytes (in the text and, for
+/// base64 text, in what it decodes to), or a run of 8 repeated or consecutive bytes
+/// (`aaaaaaaa`, `12345678`). 32 random bytes in base64 pass with overwhelming probability.
+pub fn weak_token(token: &[u8]) -> Option<String> {
+    if token.is_empty() {
+        return Some("is empty".into());
+    }
+    if token
+        .windows(b"REPLACE-WITH".len())
+        .any(|w| w.eq_ignore_ascii_case(b"REPLACE-WITH"))
+    {
+        return Some("is the shipped placeholder, which anyone can read".into());
+    }
+    if token.len() < 16 {
+        return Some(format!("has {} bytes; use at least 16", token.len()));
+    }
+    let distinct = |bytes: &[u8]| {
+        let mut seen = [false; 256];
+        bytes.iter().for_each(|b| seen[usize::from(*b)] = true);
+        seen.iter().filter(|s| **s).count()
+    };
+    let decoded = BASE64.decode(token).ok().filter(|d| d.len() >= 16);
+    let most = distinct(token).max(decoded.as_deref().map_or(0, distinct));
+    if most < 16 {
+        return Some(format!(
+            "has only {most} distinct byte values; a random token has many more"
+        ));
+    }
+    let mut run = 1;
+    for w in token.windows(3) {
+        let (a, b, c) = (i16::from(w[0]), i16::from(w[1]), i16::from(w[2]));
+        let step = b - a;
+        if step.abs() <= 1 && c - b == step {
+            run += 1;
+            if run + 1 >= 8 {
+                return Some(format!(
+                    "has a run of 8 repeated or consecutive bytes ({:?}...)",
+                    String::from_utf8_lossy(&w[..2])
+                ));
+            }
+        } else {
+            run = 1;
+        }
+    }
+    None
+}
+
+/// Reads a token file (whitespace around it trimmed) and refuses a weak token (`weak_token`).
 pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read(path).map_err(|e| format!("--token-file {}: {e}", path.display()))?;
     let token = text.trim_ascii().to_vec();
-    if token.len() < 16 {
+    if let Some(why) = weak_token(&token) {
         return Err(format!(
-            "--token-file {}: the token has {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            "--token-file {}: the token {why}; make a random one with `{MAKE_TOKEN} > {}` and give the same file to the coordinator and every agent",
             path.display(),
-            token.len(),
             path.display()
         ));
     }
@@ -571,6 +625,31 @@ mod tests {
                 h.record(*v).unwrap();
             }
             assert_eq!(decode_histogram(&encode_histogram(&h)).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_and_random_ones_pass() {
+        for (token, why) in [
+            (&b""[..], "is empty"),
+            (PLACEHOLDER_TOKEN.as_bytes(), "placeholder"),
+            (b"short", "has 5 bytes"),
+            (b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "distinct"),
+            (b"correct horse battery staple", "distinct"),
+            (b"abcdefghijklmnopqrstuvwxyz", "run of 8"),
+            (b"my token 0123456789 is long enough", "run of 8"),
+        ] {
+            let found = weak_token(token);
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(why)),
+                "{:?}: {found:?}",
+                String::from_utf8_lossy(token)
+            );
+        }
+        // 32 random bytes in base64, as the message says to make them.
+        for _ in 0..1000 {
+            let token = nonce();
+            assert_eq!(weak_token(token.as_bytes()), None, "{token}");
         }
     }
 

@@ -309,3 +309,57 @@ fn leases_are_bounded_on_both_sides() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-lease 1s is under 3s"));
     assert_eq!(decoy.accepted(), 0, "a refused plan opened connections");
 }
+
+#[test]
+fn placeholder_and_guessable_tokens_are_refused_with_the_command_that_makes_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let decoy = Decoy::start();
+    let profile = write_json(
+        dir.path(),
+        "tokens.json",
+        &json!({
+            "name": "tokens",
+            "target": {"addrs": [decoy.addr.to_string()]},
+            "connections": 1,
+            "phases": [{"ramp": {"rate": 10}}]
+        }),
+    );
+    for (name, token, why) in [
+        (
+            "placeholder",
+            stampede::wire::PLACEHOLDER_TOKEN,
+            "is the shipped placeholder",
+        ),
+        ("empty", "\n", "is empty"),
+        (
+            "same",
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "distinct byte values",
+        ),
+        ("sequence", "stampede-token-0123456789", "run of 8"),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, token).unwrap();
+        let coordinator = bin()
+            .args(["coordinator", "--listen", "127.0.0.1:0", "--agents", "1"])
+            .arg("--token-file")
+            .arg(&file)
+            .arg(&profile)
+            .output()
+            .unwrap();
+        let agent = bin()
+            .args(["agent", "--coordinator", "127.0.0.1:9", "--token-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        for (side, out) in [("coordinator", coordinator), ("agent", agent)] {
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name} {side}: {text}");
+            assert!(
+                text.contains(why) && text.contains("head -c 32 /dev/urandom | base64"),
+                "{name} {side}: {text}"
+            );
+        }
+    }
+    assert_eq!(decoy.accepted(), 0);
+}

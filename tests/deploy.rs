@@ -95,7 +95,7 @@ fn swarm_over_ssh_with_stand_in_hosts() {
             .unwrap();
     }
     let token = dir.path().join("token");
-    std::fs::write(&token, "a shared secret of enough length").unwrap();
+    std::fs::write(&token, "bA7q0FCs2/gaaOb2YvDCScsZmJssUWUwoXnh0PPooOQ=\n").unwrap();
     let profile = dir.path().join("p.json");
     std::fs::write(
         &profile,

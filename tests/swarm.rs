@@ -393,8 +393,16 @@ fn refusals_are_clear() {
     let sink = SinkProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), sink.addr, 10, "1s");
-    let good = token_file(dir.path(), "good", "correct horse battery staple");
-    let bad = token_file(dir.path(), "bad", "wrong horse battery staple!!");
+    let good = token_file(
+        dir.path(),
+        "good",
+        "yl8RUlDP+3P4lu8ZZnoI1dRlG5kprWyhrDUwwOB4nfU=\n",
+    );
+    let bad = token_file(
+        dir.path(),
+        "bad",
+        "gx43l7gVDBN/AJyk5bxFpUgaESZrKp99u7d+zLDGc4M=\n",
+    );
 
     // No token on a non-loopback listen address: refused before listening for anyone.
     let out = bin()
