@@ -202,6 +202,10 @@ pub struct CoordinatorArgs {
     /// Serve live Prometheus metrics at http://ADDR/metrics while the run lasts.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Let a run with synthetic agents (`agent --synthetic`, made-up figures, no load) pass;
+    /// without it such a run fails. For benchmarking the coordinator only.
+    #[arg(long)]
+    pub allow_synthetic: bool,
 }
 
 #[derive(Args, Debug)]
@@ -799,6 +803,7 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
         token,
         join_timeout: args.join_timeout,
         lease: args.lease,
+        allow_synthetic: args.allow_synthetic,
         targets: None,
         outputs: Outputs {
             out_dir: args.out,
@@ -868,6 +873,7 @@ async fn agent_command(args: AgentArgs) -> i32 {
             junit: None,
         },
         quiet: args.quiet,
+        synthetic: args.synthetic.is_some(),
     };
     let result = match args.synthetic {
         Some(count) => crate::agent::synthetic::run(options, usize::from(count)).await,

@@ -43,6 +43,8 @@ pub struct CoordinatorOptions {
     pub join_timeout: Duration,
     /// Agents stop if they hear nothing for this long; agents silent this long are lost.
     pub lease: Duration,
+    /// Whether a run with synthetic agents may pass (`--allow-synthetic`).
+    pub allow_synthetic: bool,
     /// Targets that replace the profile's (the local sink of `run --agents`).
     pub targets: Option<Vec<SocketAddr>>,
     pub outputs: Outputs,
@@ -401,6 +403,7 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
             expected,
             join_timeout: options.join_timeout,
             lease: options.lease,
+            allow_synthetic: options.allow_synthetic,
             targets: options.targets,
             outputs: options.outputs,
             progress: options.progress,
@@ -421,6 +424,7 @@ struct OptionsRest {
     expected: usize,
     join_timeout: Duration,
     lease: Duration,
+    allow_synthetic: bool,
     targets: Option<Vec<SocketAddr>>,
     outputs: Outputs,
     progress: Progress,
@@ -452,6 +456,12 @@ async fn drive(
                 let Some(joined) = joined else { break };
                 if o.progress != Progress::Silent {
                     log(&format!("agent {} joined from {} ({}/{})", joined.info.name, joined.peer, agents.len() + 1, o.expected));
+                }
+                if joined.info.synthetic && !o.allow_synthetic && !agents.iter().any(|a| a.info.synthetic) {
+                    log(&format!(
+                        "agent {} is synthetic (made-up figures, no load): this run cannot pass without --allow-synthetic",
+                        joined.info.name
+                    ));
                 }
                 let index = agents.len();
                 let out_tx = spawn_session(index, joined.stream, events_tx.clone());
@@ -649,6 +659,7 @@ async fn drive(
     if let Some(watch) = &o.nlb_watch {
         collector.set_nlb_live(watch.live());
     }
+    collector.set_allow_synthetic(o.allow_synthetic);
     // Server phases need an admin address here: the swarm's sinks are other processes.
     let server_phases = tokio::spawn(crate::run::play_server_phases(
         o.profile.clone(),
@@ -790,6 +801,7 @@ async fn drive(
             intervals_received: a.intervals_received,
             last_interval: a.last_interval,
             late_reports: a.late_reports,
+            synthetic: a.info.synthetic,
         })
         .collect();
     collector.set_agent_records(records, spread);

@@ -70,6 +70,9 @@ pub struct AgentInfo {
     pub sources: Vec<String>,
     /// Its clock at the moment it sent this, microseconds since the Unix epoch.
     pub clock_us: u64,
+    /// A synthetic reporter (`agent --synthetic`): its figures are made up and it opens no
+    /// load, so a run with one cannot pass unless the coordinator allows it.
+    pub synthetic: bool,
 }
 
 /// What an agent plays: the profile (as JSON, after overrides) scaled to its share.

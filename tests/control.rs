@@ -13,7 +13,7 @@ use std::process::{Child, ChildStderr, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{SinkHandle, SinkProcess, bin, wait_child, wait_for_line};
+use common::{SinkHandle, SinkProcess, bin, read_json, wait_child, wait_for_line};
 use serde_json::{Value, json};
 use stampede::live::{Control, LiveRx, LiveSnapshot, RunState};
 use stampede::run;
@@ -362,4 +362,84 @@ fn placeholder_and_guessable_tokens_are_refused_with_the_command_that_makes_one(
         }
     }
     assert_eq!(decoy.accepted(), 0);
+}
+
+#[test]
+fn synthetic_agents_are_marked_and_cannot_pass_without_the_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let decoy = Decoy::start();
+    let profile = write_json(
+        dir.path(),
+        "synthetic.json",
+        &json!({
+            "name": "synthetic",
+            "target": {"addrs": [decoy.addr.to_string()]},
+            "connections": 100,
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "1s"}}],
+            "thresholds": ["errors <= 0"]
+        }),
+    );
+    for (allow, code, outcome) in [(false, 1, "fail"), (true, 0, "pass")] {
+        let out = dir.path().join(format!("out-{allow}"));
+        let junit = dir.path().join(format!("junit-{allow}.xml"));
+        let mut extra = vec![
+            "--out",
+            out.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ];
+        if allow {
+            extra.push("--allow-synthetic");
+        }
+        let (mut coord, mut log, addr) = coordinator(&profile, 2, &extra);
+        let mut agents = bin()
+            .args([
+                "agent",
+                "--synthetic",
+                "2",
+                "--name",
+                "fake",
+                "--coordinator",
+            ])
+            .arg(addr.to_string())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if !allow {
+            let line = wait_for_line(&mut log, Duration::from_secs(10), |l| {
+                l.contains("is synthetic")
+            });
+            assert!(line.contains("--allow-synthetic"), "{line}");
+        }
+        let status = wait_child(&mut coord, Duration::from_secs(20));
+        assert_eq!(status.code(), Some(code), "allow {allow}: {}", rest(log));
+        wait_child(&mut agents, Duration::from_secs(10));
+        let summary = read_json(&out.join("summary.json"));
+        common::assert_schema("summary.schema.json", &summary);
+        assert_eq!(summary["outcome"], outcome, "{summary}");
+        assert_eq!(summary["synthetic_agents"], 2);
+        assert!(
+            summary["agents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["synthetic"] == true),
+            "{}",
+            summary["agents"]
+        );
+        let junit = std::fs::read_to_string(&junit).unwrap();
+        if allow {
+            assert!(summary.get("fail_reason").is_none(), "{summary}");
+            assert!(!junit.contains("<failure"), "{junit}");
+        } else {
+            let reason = summary["fail_reason"].as_str().unwrap();
+            assert!(
+                reason.contains("2 of 2 agent(s) were synthetic")
+                    && reason.contains("--allow-synthetic"),
+                "{reason}"
+            );
+            assert!(junit.contains("synthetic"), "{junit}");
+        }
+    }
+    assert_eq!(decoy.accepted(), 0, "synthetic agents opened load");
 }

@@ -30,6 +30,7 @@ fn info(name: &str) -> AgentInfo {
         fd_limit: 1000,
         sources: vec![],
         clock_us: 0,
+        synthetic: false,
     }
 }
 

@@ -521,6 +521,7 @@ async fn other_protocol_versions_are_refused() {
         fd_limit: 1000,
         sources: vec![],
         clock_us: 0,
+        synthetic: false,
     };
     wire::write_message(
         &mut stream,

@@ -109,6 +109,8 @@ pub struct AgentOptions {
     pub workers: Option<usize>,
     pub outputs: Outputs,
     pub quiet: bool,
+    /// Says so in the hello: this is a synthetic reporter (`agent --synthetic`).
+    pub synthetic: bool,
 }
 
 /// Why an agent ended without finishing its share, and the exit code that says so.
@@ -189,6 +191,7 @@ pub(crate) async fn join(
         fd_limit,
         sources: options.sources.clone(),
         clock_us: unix_us(),
+        synthetic: options.synthetic,
     };
     let broken = |e: wire::WireError| AgentExit {
         // Dropped unread (a coordinator busy with a flood of strangers): worth another try.

@@ -50,6 +50,7 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         workers: None,
         outputs: Default::default(),
         quiet: true,
+        synthetic: true,
     };
     join(&mut stream, &named, 1_000_000).await?;
     let plan = await_plan(&mut stream).await?;
