@@ -26,7 +26,9 @@ use crate::profile::{AgentLoss, Profile, TargetSpec, timeline};
 use crate::report::hlog::HlogWriter;
 use crate::report::summary::AgentRecord;
 use crate::run::RunError;
-use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireError};
+use crate::wire::{
+    self, AgentInfo, Message, Opener, PROTOCOL_VERSION, PlanMsg, Role, Sealer, WireError,
+};
 use gate::{Refusal, RefusalKind, RefusalLog};
 
 /// How long a peer may take over each handshake step.
@@ -69,6 +71,9 @@ struct Joined {
     info: AgentInfo,
     peer: SocketAddr,
     stream: TcpStream,
+    /// The session's sealing ends: every frame after the handshake is authenticated.
+    sealer: Sealer,
+    opener: Opener,
 }
 
 async fn refuse(
@@ -197,7 +202,19 @@ async fn handshake(
     wire::write_message(&mut stream, &Message::Welcome)
         .await
         .map_err(bad("stream"))?;
-    Ok(Joined { info, peer, stream })
+    let (sealer, opener) = wire::session_keys(
+        token.unwrap_or_default(),
+        &agent_nonce,
+        &nonce,
+        Role::Coordinator,
+    );
+    Ok(Joined {
+        info,
+        peer,
+        stream,
+        sealer,
+        opener,
+    })
 }
 
 /// Accepts peers, authenticates each on its own task, and hands the admitted ones over until
@@ -308,21 +325,29 @@ type Event = (usize, Result<Message, WireError>);
 
 fn spawn_session(
     index: usize,
-    stream: TcpStream,
+    joined: Joined,
     events_tx: mpsc::UnboundedSender<Event>,
 ) -> mpsc::UnboundedSender<Message> {
+    let Joined {
+        stream,
+        mut sealer,
+        mut opener,
+        ..
+    } = joined;
     let (mut reader, mut writer) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            if wire::write_message(&mut writer, &message).await.is_err() {
+            if sealer.write(&mut writer, &message).await.is_err() {
                 break;
             }
         }
     });
     tokio::spawn(async move {
+        // The first error (a forged frame among them) ends the session: it is reported once,
+        // as the agent's loss, and nothing after it is read.
         loop {
-            let message = wire::read_message(&mut reader).await;
+            let message = opener.read(&mut reader).await;
             let end = message.is_err();
             if events_tx.send((index, message)).is_err() || end {
                 break;
@@ -464,10 +489,11 @@ async fn drive(
                     ));
                 }
                 let index = agents.len();
-                let out_tx = spawn_session(index, joined.stream, events_tx.clone());
+                let (info, peer) = (joined.info.clone(), joined.peer);
+                let out_tx = spawn_session(index, joined, events_tx.clone());
                 agents.push(Agent {
-                    info: joined.info,
-                    peer: joined.peer,
+                    info,
+                    peer,
                     out_tx,
                     offset_us: 0,
                     rtt_us: u64::MAX,

@@ -443,3 +443,171 @@ fn synthetic_agents_are_marked_and_cannot_pass_without_the_opt_in() {
     }
     assert_eq!(decoy.accepted(), 0, "synthetic agents opened load");
 }
+
+/// One length-prefixed frame off a blocking stream, prefix included; `None` at its end.
+fn read_raw_frame(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut frame = len.to_vec();
+    frame.resize(4 + u32::from_be_bytes(len) as usize, 0);
+    stream.read_exact(&mut frame[4..]).ok()?;
+    Some(frame)
+}
+
+/// What a man in the middle does to the sealed frames (those after the two handshake frames
+/// each way) going in one direction: given the index of a sealed frame and its bytes, the
+/// frames to pass on instead.
+type Tamper = Box<dyn FnMut(usize, Vec<u8>) -> Vec<Vec<u8>> + Send>;
+
+/// A proxy in front of `to` for one session that passes every frame on, except what
+/// `to_agent` and `to_coordinator` change.
+fn man_in_the_middle(to: SocketAddr, to_agent: Tamper, to_coordinator: Tamper) -> SocketAddr {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let Ok((agent, _)) = listener.accept() else {
+            return;
+        };
+        let coordinator = std::net::TcpStream::connect(to).unwrap();
+        let pump =
+            |mut from: std::net::TcpStream, mut into: std::net::TcpStream, mut tamper: Tamper| {
+                std::thread::spawn(move || {
+                    let mut count = 0usize;
+                    while let Some(frame) = read_raw_frame(&mut from) {
+                        let out = match count.checked_sub(2) {
+                            None => vec![frame],
+                            Some(sealed) => tamper(sealed, frame),
+                        };
+                        count += 1;
+                        if out.iter().any(|f| into.write_all(f).is_err()) {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                })
+            };
+        let down = pump(
+            coordinator.try_clone().unwrap(),
+            agent.try_clone().unwrap(),
+            to_agent,
+        );
+        let up = pump(agent, coordinator, to_coordinator);
+        let _ = (down.join(), up.join());
+    });
+    addr
+}
+
+fn untouched() -> Tamper {
+    Box::new(|_, frame| vec![frame])
+}
+
+#[test]
+fn altered_replayed_or_injected_frames_end_the_session_with_one_clear_line() {
+    let sink = SinkProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "uV3o0Jc5bq9l6W1p7Kx2Qm4Zr8Yt0Hs1Ga3Fd5Ee7Nc=\n").unwrap();
+    let profile = write_json(
+        dir.path(),
+        "mitm.json",
+        &json!({
+            "name": "mitm",
+            "target": {"addrs": [sink.addr.to_string()]},
+            "connections": 50,
+            "heartbeat": {"interval": "250ms"},
+            "phases": [{"ramp": {"rate": 1000}}, {"hold": {"for": "20s"}}]
+        }),
+    );
+    // Coordinator -> agent, sealed frames: 0-2 clock probes, 3 the plan, then keepalives.
+    // Agent -> coordinator: 0-2 answers, 3 ready, 4 started, then reports.
+    let flip: Tamper = Box::new(|i, mut frame| {
+        if i == 3 {
+            frame[20] ^= 0x01;
+        }
+        vec![frame]
+    });
+    let mut first = None;
+    let replay: Tamper = Box::new(move |i, frame| {
+        if i == 0 {
+            first = Some(frame.clone());
+        }
+        match (i, &first) {
+            (1, Some(old)) => vec![old.clone()],
+            _ => vec![frame],
+        }
+    });
+    // Mid-run, a stop as the handshake frames are written: plain JSON, no seal.
+    let inject: Tamper = Box::new(|i, frame| {
+        if i != 5 {
+            return vec![frame];
+        }
+        let body = br#"{"type":"stop","reason":"injected"}"#;
+        let mut forged = (body.len() as u32).to_be_bytes().to_vec();
+        forged.extend_from_slice(body);
+        vec![frame, forged]
+    });
+    let cases: Vec<(&str, Tamper, Tamper, &str, &str)> = vec![
+        (
+            "flip",
+            flip,
+            untouched(),
+            "agent",
+            "frame 3 failed authentication",
+        ),
+        (
+            "replay",
+            untouched(),
+            replay,
+            "coordinator",
+            "frame 0 arrived where frame 1 was due",
+        ),
+        (
+            "inject",
+            inject,
+            untouched(),
+            "agent",
+            "frame 6 failed authentication",
+        ),
+    ];
+    for (name, to_agent, to_coordinator, detected_by, line) in cases {
+        let token_arg = ["--token-file", token.to_str().unwrap()];
+        let (mut coord, log, addr) = coordinator(&profile, 1, &token_arg);
+        let proxy = man_in_the_middle(addr, to_agent, to_coordinator);
+        let mut agent = bin()
+            .args([
+                "agent",
+                "--name",
+                "victim",
+                "--coordinator",
+                &proxy.to_string(),
+            ])
+            .args(token_arg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let agent_status = wait_child(&mut agent, Duration::from_secs(15));
+        let agent_log = rest(agent.stderr.take().unwrap());
+        let coord_status = wait_child(&mut coord, Duration::from_secs(15));
+        let coord_log = rest(log);
+        assert_eq!(agent_status.code(), Some(3), "{name}: {agent_log}");
+        assert_eq!(coord_status.code(), Some(3), "{name}: {coord_log}");
+        let (detector, other) = match detected_by {
+            "agent" => (&agent_log, &coord_log),
+            _ => (&coord_log, &agent_log),
+        };
+        let lines: Vec<&str> = detector.lines().filter(|l| l.contains(line)).collect();
+        assert_eq!(lines.len(), 1, "{name}: logged once: {detector}");
+        assert!(
+            lines[0].contains("closing the session"),
+            "{name}: {}",
+            lines[0]
+        );
+        // Nothing forged was obeyed: the injected stop would say "stopped ...: injected".
+        assert!(
+            !agent_log.contains(": injected") && !coord_log.contains(": injected"),
+            "{name}: {agent_log}\n{other}"
+        );
+    }
+}
