@@ -202,6 +202,10 @@ pub struct CoordinatorArgs {
     /// Serve live Prometheus metrics at http://ADDR/metrics while the run lasts.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// At the end, print summary.json to stdout between `----- BEGIN summary.json -----` and
+    /// `----- END summary.json -----` lines, so that it outlives the container (its log).
+    #[arg(long)]
+    pub summary_to_log: bool,
     /// Let a run with synthetic agents (`agent --synthetic`, made-up figures, no load) pass;
     /// without it such a run fails. For benchmarking the coordinator only.
     #[arg(long)]
@@ -521,7 +525,8 @@ pub enum ProfileCommand {
     /// Validate a profile and print its expanded plan.
     #[command(after_help = "Examples:
   stampede profile check profiles/smoke.json
-  stampede profile check profiles/smoke.json --set connections=50000")]
+  stampede profile check profiles/smoke.json --set connections=50000
+  stampede profile check gateway.json --agents 8    # one agent's share of 8")]
     Check {
         /// Profile file (JSON).
         file: PathBuf,
@@ -531,6 +536,10 @@ pub enum ProfileCommand {
         /// Exit 0 even when the plan does not fit this host (the warning stays).
         #[arg(long)]
         allow_overcommit: bool,
+        /// Check the largest share of a swarm of N agents of equal capacity, each on a host
+        /// like this one, instead of the whole plan.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        agents: Option<u16>,
     },
 }
 
@@ -580,9 +589,21 @@ pub async fn main(cli: Cli) -> i32 {
             file,
             set,
             allow_overcommit,
+            agents,
         }) => match load(&file, &set) {
             Ok(profile) => {
-                let check = plan_text::render(&profile);
+                let check = match agents.map(usize::from) {
+                    None => plan_text::render(&profile),
+                    Some(n) => {
+                        // Ties go to the lower index: agent 0's share is the largest.
+                        let share = profile.share(&vec![1; n], 0);
+                        println!(
+                            "share       agent 1 of {n} of equal capacity (the largest share): {} of {} connections",
+                            share.connections, profile.connections
+                        );
+                        plan_text::render(&share)
+                    }
+                };
                 print!("{}", check.text);
                 overcommit_exit(check.fits, allow_overcommit)
             }
@@ -820,8 +841,29 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
     if dashboard {
         print_summary(&result);
     }
+    if args.summary_to_log
+        && let Ok(result) = &result
+    {
+        print_summary_json(&result.summary);
+    }
     finish(result)
 }
+
+/// summary.json between marker lines on stdout (`coordinator --summary-to-log`).
+fn print_summary_json(summary: &crate::report::summary::Summary) {
+    match serde_json::to_string_pretty(summary) {
+        Ok(json) => {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{SUMMARY_BEGIN}\n{json}\n{SUMMARY_END}");
+            let _ = out.flush();
+        }
+        Err(e) => eprint_line(&format!("stampede: cannot print summary.json: {e}")),
+    }
+}
+
+/// The lines around summary.json in a coordinator's log (`--summary-to-log`).
+pub const SUMMARY_BEGIN: &str = "----- BEGIN summary.json -----";
+pub const SUMMARY_END: &str = "----- END summary.json -----";
 
 async fn agent_command(args: AgentArgs) -> i32 {
     let token = match token(&args.token_file) {
