@@ -186,7 +186,8 @@ pub struct CoordinatorArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
     pub join_timeout: Duration,
     /// Agents stop after this long without a word from the coordinator; agents silent this
-    /// long are marked lost.
+    /// long are marked lost. At least 3s (three keepalives); agents refuse more than their
+    /// --max-lease (30s by default).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_arg)]
     pub lease: Duration,
     /// Plain progress lines instead of the live dashboard.
@@ -201,6 +202,14 @@ pub struct CoordinatorArgs {
     /// Serve live Prometheus metrics at http://ADDR/metrics while the run lasts.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// At the end, print summary.json to stdout between `----- BEGIN summary.json -----` and
+    /// `----- END summary.json -----` lines, so that it outlives the container (its log).
+    #[arg(long)]
+    pub summary_to_log: bool,
+    /// Let a run with synthetic agents (`agent --synthetic`, made-up figures, no load) pass;
+    /// without it such a run fails. For benchmarking the coordinator only.
+    #[arg(long)]
+    pub allow_synthetic: bool,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +229,10 @@ pub struct AgentArgs {
     /// Targets this agent may load; a plan outside them is refused. Default: loopback only.
     #[arg(long, value_name = "CIDR", value_delimiter = ',')]
     pub allow_targets: Vec<String>,
+    /// The longest lease this agent accepts from a coordinator (at least 3s); a plan with a
+    /// longer one is refused, so no coordinator can make load outlive it by more.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
+    pub max_lease: Duration,
     /// Keep dialling a coordinator that is not up yet for this long.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
     pub retry_for: Duration,
@@ -534,7 +547,8 @@ pub enum ProfileCommand {
     /// Validate a profile and print its expanded plan.
     #[command(after_help = "Examples:
   stampede profile check profiles/smoke.json
-  stampede profile check profiles/smoke.json --set connections=50000")]
+  stampede profile check profiles/smoke.json --set connections=50000
+  stampede profile check gateway.json --agents 8    # one agent's share of 8")]
     Check {
         /// Profile file (JSON).
         file: PathBuf,
@@ -544,6 +558,10 @@ pub enum ProfileCommand {
         /// Exit 0 even when the plan does not fit this host (the warning stays).
         #[arg(long)]
         allow_overcommit: bool,
+        /// Check the largest share of a swarm of N agents of equal capacity, each on a host
+        /// like this one, instead of the whole plan.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        agents: Option<u16>,
     },
 }
 
@@ -593,9 +611,21 @@ pub async fn main(cli: Cli) -> i32 {
             file,
             set,
             allow_overcommit,
+            agents,
         }) => match load(&file, &set) {
             Ok(profile) => {
-                let check = plan_text::render(&profile);
+                let check = match agents.map(usize::from) {
+                    None => plan_text::render(&profile),
+                    Some(n) => {
+                        // Ties go to the lower index: agent 0's share is the largest.
+                        let share = profile.share(&vec![1; n], 0);
+                        println!(
+                            "share       agent 1 of {n} of equal capacity (the largest share): {} of {} connections",
+                            share.connections, profile.connections
+                        );
+                        plan_text::render(&share)
+                    }
+                };
                 print!("{}", check.text);
                 overcommit_exit(check.fits, allow_overcommit)
             }
@@ -816,6 +846,7 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
         token,
         join_timeout: args.join_timeout,
         lease: args.lease,
+        allow_synthetic: args.allow_synthetic,
         targets: None,
         outputs: Outputs {
             out_dir: args.out,
@@ -832,8 +863,29 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
     if dashboard {
         print_summary(&result);
     }
+    if args.summary_to_log
+        && let Ok(result) = &result
+    {
+        print_summary_json(&result.summary);
+    }
     finish(result)
 }
+
+/// summary.json between marker lines on stdout (`coordinator --summary-to-log`).
+fn print_summary_json(summary: &crate::report::summary::Summary) {
+    match serde_json::to_string_pretty(summary) {
+        Ok(json) => {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{SUMMARY_BEGIN}\n{json}\n{SUMMARY_END}");
+            let _ = out.flush();
+        }
+        Err(e) => eprint_line(&format!("stampede: cannot print summary.json: {e}")),
+    }
+}
+
+/// The lines around summary.json in a coordinator's log (`--summary-to-log`).
+pub const SUMMARY_BEGIN: &str = "----- BEGIN summary.json -----";
+pub const SUMMARY_END: &str = "----- END summary.json -----";
 
 async fn agent_command(args: AgentArgs) -> i32 {
     let token = match token(&args.token_file) {
@@ -853,6 +905,14 @@ async fn agent_command(args: AgentArgs) -> i32 {
     if allow_targets.is_empty() {
         allow_targets = session::loopback_only();
     }
+    if args.max_lease < crate::wire::MIN_LEASE {
+        eprint_line(&format!(
+            "stampede agent: --max-lease {:?} is under {:?} (3 keepalive intervals); no coordinator could be followed",
+            args.max_lease,
+            crate::wire::MIN_LEASE
+        ));
+        return 2;
+    }
     for spec in &args.sources {
         if let Err(e) = crate::profile::sources::expand(spec) {
             eprint_line(&format!("stampede agent: --sources {spec:?}: {e}"));
@@ -869,6 +929,7 @@ async fn agent_command(args: AgentArgs) -> i32 {
         name: name.clone(),
         sources: args.sources,
         allow_targets,
+        max_lease: args.max_lease,
         retry_for: args.retry_for,
         workers: args.workers.map(usize::from),
         outputs: Outputs {
@@ -876,6 +937,7 @@ async fn agent_command(args: AgentArgs) -> i32 {
             junit: None,
         },
         quiet: args.quiet,
+        synthetic: args.synthetic.is_some(),
     };
     let result = match args.synthetic {
         Some(count) => crate::agent::synthetic::run(options, usize::from(count)).await,

@@ -86,6 +86,8 @@ pub struct Collector {
     agents_expected: usize,
     agent_rows: Vec<AgentRow>,
     agent_records: Vec<AgentRecord>,
+    /// Whether synthetic agents among `agent_records` may let the run pass.
+    allow_synthetic: bool,
     start_spread_ms: Option<f64>,
     nlb: Option<crate::nlb::NlbSummary>,
     nlb_live: Option<crate::nlb::NlbLive>,
@@ -131,6 +133,7 @@ impl Collector {
             agents_expected: 0,
             agent_rows: Vec::new(),
             agent_records: Vec::new(),
+            allow_synthetic: false,
             start_spread_ms: None,
             phase_stats: Vec::new(),
             nlb: None,
@@ -152,6 +155,11 @@ impl Collector {
     pub fn set_agents(&mut self, expected: usize, rows: Vec<AgentRow>) {
         self.agents_expected = expected;
         self.agent_rows = rows;
+    }
+
+    /// For swarm runs: whether synthetic agents may let the run pass (`--allow-synthetic`).
+    pub fn set_allow_synthetic(&mut self, allowed: bool) {
+        self.allow_synthetic = allowed;
     }
 
     /// For swarm runs: the per-agent records and start spread that go into the summary.
@@ -296,6 +304,7 @@ impl Collector {
             .nlb
             .clone()
             .or_else(|| self.nlb_live.as_ref().and_then(crate::nlb::NlbLive::get));
+        summary.gate_synthetic(self.allow_synthetic);
         summary
     }
 

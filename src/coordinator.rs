@@ -26,7 +26,9 @@ use crate::profile::{AgentLoss, Profile, TargetSpec, timeline};
 use crate::report::hlog::HlogWriter;
 use crate::report::summary::AgentRecord;
 use crate::run::RunError;
-use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireError};
+use crate::wire::{
+    self, AgentInfo, Message, Opener, PROTOCOL_VERSION, PlanMsg, Role, Sealer, WireError,
+};
 use gate::{Refusal, RefusalKind, RefusalLog};
 
 /// How long a peer may take over each handshake step.
@@ -43,6 +45,8 @@ pub struct CoordinatorOptions {
     pub join_timeout: Duration,
     /// Agents stop if they hear nothing for this long; agents silent this long are lost.
     pub lease: Duration,
+    /// Whether a run with synthetic agents may pass (`--allow-synthetic`).
+    pub allow_synthetic: bool,
     /// Targets that replace the profile's (the local sink of `run --agents`).
     pub targets: Option<Vec<SocketAddr>>,
     pub outputs: Outputs,
@@ -67,6 +71,9 @@ struct Joined {
     info: AgentInfo,
     peer: SocketAddr,
     stream: TcpStream,
+    /// The session's sealing ends: every frame after the handshake is authenticated.
+    sealer: Sealer,
+    opener: Opener,
 }
 
 async fn refuse(
@@ -195,7 +202,19 @@ async fn handshake(
     wire::write_message(&mut stream, &Message::Welcome)
         .await
         .map_err(bad("stream"))?;
-    Ok(Joined { info, peer, stream })
+    let (sealer, opener) = wire::session_keys(
+        token.unwrap_or_default(),
+        &agent_nonce,
+        &nonce,
+        Role::Coordinator,
+    );
+    Ok(Joined {
+        info,
+        peer,
+        stream,
+        sealer,
+        opener,
+    })
 }
 
 /// Accepts peers, authenticates each on its own task, and hands the admitted ones over until
@@ -306,21 +325,29 @@ type Event = (usize, Result<Message, WireError>);
 
 fn spawn_session(
     index: usize,
-    stream: TcpStream,
+    joined: Joined,
     events_tx: mpsc::UnboundedSender<Event>,
 ) -> mpsc::UnboundedSender<Message> {
+    let Joined {
+        stream,
+        mut sealer,
+        mut opener,
+        ..
+    } = joined;
     let (mut reader, mut writer) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            if wire::write_message(&mut writer, &message).await.is_err() {
+            if sealer.write(&mut writer, &message).await.is_err() {
                 break;
             }
         }
     });
     tokio::spawn(async move {
+        // The first error (a forged frame among them) ends the session: it is reported once,
+        // as the agent's loss, and nothing after it is read.
         loop {
-            let message = wire::read_message(&mut reader).await;
+            let message = opener.read(&mut reader).await;
             let end = message.is_err();
             if events_tx.send((index, message)).is_err() || end {
                 break;
@@ -348,6 +375,14 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
         return Err(RunError::Plan(format!(
             "refusing to listen on {listen} without a token: anyone who reaches it could drive load. \
              Give --token-file F (the agents too), or listen on loopback"
+        )));
+    }
+    if options.lease < wire::MIN_LEASE {
+        return Err(RunError::Plan(format!(
+            "--lease {:?} is shorter than 3 keepalive intervals ({:?} each): one late keepalive would stop every agent; give --lease {:?} or more",
+            options.lease,
+            wire::KEEPALIVE_INTERVAL,
+            wire::MIN_LEASE
         )));
     }
     if let Some(i) = options
@@ -393,6 +428,7 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
             expected,
             join_timeout: options.join_timeout,
             lease: options.lease,
+            allow_synthetic: options.allow_synthetic,
             targets: options.targets,
             outputs: options.outputs,
             progress: options.progress,
@@ -413,6 +449,7 @@ struct OptionsRest {
     expected: usize,
     join_timeout: Duration,
     lease: Duration,
+    allow_synthetic: bool,
     targets: Option<Vec<SocketAddr>>,
     outputs: Outputs,
     progress: Progress,
@@ -445,11 +482,18 @@ async fn drive(
                 if o.progress != Progress::Silent {
                     log(&format!("agent {} joined from {} ({}/{})", joined.info.name, joined.peer, agents.len() + 1, o.expected));
                 }
+                if joined.info.synthetic && !o.allow_synthetic && !agents.iter().any(|a| a.info.synthetic) {
+                    log(&format!(
+                        "agent {} is synthetic (made-up figures, no load): this run cannot pass without --allow-synthetic",
+                        joined.info.name
+                    ));
+                }
                 let index = agents.len();
-                let out_tx = spawn_session(index, joined.stream, events_tx.clone());
+                let (info, peer) = (joined.info.clone(), joined.peer);
+                let out_tx = spawn_session(index, joined, events_tx.clone());
                 agents.push(Agent {
-                    info: joined.info,
-                    peer: joined.peer,
+                    info,
+                    peer,
                     out_tx,
                     offset_us: 0,
                     rtt_us: u64::MAX,
@@ -641,6 +685,7 @@ async fn drive(
     if let Some(watch) = &o.nlb_watch {
         collector.set_nlb_live(watch.live());
     }
+    collector.set_allow_synthetic(o.allow_synthetic);
     // Server phases need an admin address here: the swarm's sinks are other processes.
     let server_phases = tokio::spawn(crate::run::play_server_phases(
         o.profile.clone(),
@@ -648,7 +693,7 @@ async fn drive(
         None,
     ));
     let mut abort_reason: Option<String> = None;
-    let mut keepalive = tokio::time::interval(Duration::from_secs(1));
+    let mut keepalive = tokio::time::interval(wire::KEEPALIVE_INTERVAL);
     let mut controls_open = true;
     while agents.iter().any(Agent::live) {
         tokio::select! {
@@ -782,6 +827,7 @@ async fn drive(
             intervals_received: a.intervals_received,
             last_interval: a.last_interval,
             late_reports: a.late_reports,
+            synthetic: a.info.synthetic,
         })
         .collect();
     collector.set_agent_records(records, spread);

@@ -223,6 +223,22 @@ impl Phase {
     }
 }
 
+/// An address a profile names, and the JSON path that names it (`phases[2].cutover.to[0]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanAddress {
+    pub at: String,
+    pub addr: SocketAddr,
+}
+
+impl PlanAddress {
+    pub fn new(at: impl Into<String>, addr: SocketAddr) -> PlanAddress {
+        PlanAddress {
+            at: at.into(),
+            addr,
+        }
+    }
+}
+
 /// What a swarm does when an agent is lost mid-run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AgentLoss {
@@ -497,6 +513,47 @@ impl Profile {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Every address this profile names for a run to reach, each with the JSON path it comes
+    /// from: the targets, each cutover's `to`, the sinks' and the NLB emulator's admin
+    /// endpoints and the targets an `nlb` phase registers. An agent checks all of them against
+    /// its `--allow-targets`, so a field that names an address must be listed here; the test
+    /// `every_address_field_is_listed` fails when one is not.
+    pub fn addresses(&self) -> Vec<PlanAddress> {
+        let mut out = Vec::new();
+        if let TargetSpec::Addrs(addrs) = &self.target {
+            for (i, addr) in addrs.iter().enumerate() {
+                out.push(PlanAddress::new(format!("target.addrs[{i}]"), *addr));
+            }
+        }
+        for (i, phase) in self.phases.iter().enumerate() {
+            match phase {
+                Phase::Cutover { to, .. } => {
+                    for (j, addr) in to.iter().enumerate() {
+                        out.push(PlanAddress::new(
+                            format!("phases[{i}].cutover.to[{j}]"),
+                            *addr,
+                        ));
+                    }
+                }
+                Phase::Server {
+                    admin: Some(addr), ..
+                } => out.push(PlanAddress::new(format!("phases[{i}].server.admin"), *addr)),
+                Phase::Nlb { target, .. } => {
+                    out.push(PlanAddress::new(format!("phases[{i}].nlb.target"), *target));
+                }
+                Phase::Ramp { .. }
+                | Phase::Hold { .. }
+                | Phase::Storm { .. }
+                | Phase::Drain { .. }
+                | Phase::Server { admin: None, .. } => {}
+            }
+        }
+        if let Some(link) = &self.nlb {
+            out.push(PlanAddress::new("nlb.admin", link.admin));
+        }
+        out
     }
 
     /// Peak number of connections any phase asks to hold open at once.
@@ -1165,5 +1222,128 @@ mod tests {
         let repeated = profile(serde_json::json!(["127.0.0.1-127.0.0.9", "127.0.0.5"]));
         let error = Profile::from_value(repeated).unwrap_err().to_string();
         assert!(error.contains("repeats 127.0.0.5"), "{error}");
+    }
+
+    /// The schema's object definitions, shared by every field that refers to them.
+    const SHARED_DEFS: [&str; 1] = ["reconnect"];
+
+    /// The paths a JSON Schema node allows (`phases[].cutover.to`), `$ref`s followed.
+    fn schema_paths(node: &Value, defs: &Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(name) = node.get("$ref").and_then(Value::as_str) {
+            // A shared definition is covered once, wherever a fixture sets it.
+            let name = name.trim_start_matches("#/$defs/");
+            return schema_paths(&defs[name], defs, &format!("${name}"), out);
+        }
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            for (key, child) in props {
+                let path = format!("{prefix}.{key}");
+                out.push(path.clone());
+                schema_paths(child, defs, &path, out);
+            }
+        }
+        if let Some(items) = node.get("items") {
+            schema_paths(items, defs, &format!("{prefix}[]"), out);
+        }
+        for variant in node
+            .get("oneOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            schema_paths(variant, defs, prefix, out);
+        }
+    }
+
+    /// The paths a JSON value sets, and every string in it. Under a key named like a shared
+    /// object definition (`reconnect`), paths start at `$reconnect` as `schema_paths` has them.
+    fn value_paths(
+        value: &Value,
+        prefix: &str,
+        paths: &mut Vec<String>,
+        strings: &mut Vec<String>,
+    ) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let path = format!("{prefix}.{key}");
+                    paths.push(path.clone());
+                    let inner = if SHARED_DEFS.contains(&key.as_str()) {
+                        format!("${key}")
+                    } else {
+                        path
+                    };
+                    value_paths(child, &inner, paths, strings);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    value_paths(item, &format!("{prefix}[]"), paths, strings);
+                }
+            }
+            Value::String(text) => strings.push(text.clone()),
+            _ => {}
+        }
+    }
+
+    /// The fixtures in tests/fixtures/profiles/every-field set every field the schema has, so
+    /// a new field (schema and parser go together, see tests/profiles.rs) fails here until a
+    /// fixture sets it. Any socket address in a fixture, or anywhere in the parsed profile,
+    /// must then be one `addresses()` lists: that is what `--allow-targets` is checked against.
+    #[test]
+    fn every_address_field_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let schema: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("schemas/profile.schema.json")).unwrap(),
+        )
+        .unwrap();
+        let mut wanted = Vec::new();
+        schema_paths(&schema, &schema["$defs"], "", &mut wanted);
+        let defs = schema["$defs"].as_object().unwrap();
+        let objects: Vec<&str> = defs
+            .keys()
+            .filter(|k| defs[*k].get("properties").is_some())
+            .map(String::as_str)
+            .collect();
+        assert_eq!(objects, SHARED_DEFS, "update SHARED_DEFS");
+        let dir = root.join("tests/fixtures/profiles/every-field");
+        let mut set = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 5, "{files:?}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let value: Value = serde_json::from_str(&text).unwrap();
+            let mut strings = Vec::new();
+            value_paths(&value, "", &mut set, &mut strings);
+            let profile =
+                Profile::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let listed: Vec<SocketAddr> = profile.addresses().iter().map(|a| a.addr).collect();
+            // Addresses as the profile holds them, whatever the field's type: the Debug text
+            // of every SocketAddr field, split into candidate tokens.
+            let debug = format!("{profile:?}");
+            let tokens = debug
+                .split(|c: char| !(c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')))
+                .map(str::to_string);
+            for text in strings.into_iter().chain(tokens) {
+                if let Ok(addr) = text.parse::<SocketAddr>() {
+                    assert!(
+                        listed.contains(&addr),
+                        "{}: {addr} is in the profile but not in Profile::addresses(): \
+                         list its field there so --allow-targets covers it",
+                        file.display()
+                    );
+                }
+            }
+        }
+        let unset: Vec<&String> = wanted.iter().filter(|p| !set.contains(p)).collect();
+        assert!(
+            unset.is_empty(),
+            "no fixture in {} sets {unset:?}; set it (an address field must also go into \
+             Profile::addresses())",
+            dir.display()
+        );
     }
 }

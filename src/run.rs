@@ -125,16 +125,7 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
              (`stampede sink --admin ADDR`)"
         )));
     }
-    // Cutovers add target sets after the profile's own.
-    let mut sizes = vec![targets.len()];
-    let mut targets = targets;
-    for green in profile.cutover_targets() {
-        sizes.push(green.len());
-        targets.extend(green);
-    }
-    let pool = SourcePool::new(&profile.sources, &targets, host::ephemeral_port_range())
-        .map_err(|e| RunError::Plan(e.to_string()))?
-        .with_sets(&sizes);
+    let pool = source_pool(profile, targets, host::ephemeral_port_range())?;
     if !input.allow_overcommit {
         pool.check(peak)
             .map_err(|e| RunError::Plan(e.to_string()))?;
@@ -158,6 +149,26 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
         .unwrap_or(cores)
         .clamp(1, peak.clamp(1, 1024) as usize);
     Ok(Preflight { pool, workers })
+}
+
+/// The source pool `profile` (a whole plan, or an agent's share) runs from towards `targets`
+/// with this ephemeral port range; cutovers add target sets after the profile's own.
+/// `pool.check(profile.peak_connections())` says whether it fits: what every run and agent
+/// checks before it opens anything, and what tests/deploy.rs checks each pod's share with.
+pub fn source_pool(
+    profile: &Profile,
+    targets: Vec<SocketAddr>,
+    ephemeral: crate::profile::sources::PortRange,
+) -> Result<SourcePool, RunError> {
+    let mut sizes = vec![targets.len()];
+    let mut targets = targets;
+    for green in profile.cutover_targets() {
+        sizes.push(green.len());
+        targets.extend(green);
+    }
+    Ok(SourcePool::new(&profile.sources, &targets, ephemeral)
+        .map_err(|e| RunError::Plan(e.to_string()))?
+        .with_sets(&sizes))
 }
 
 /// Plays the profile's `server` phases: at each one's start, tells the sink what to do, through

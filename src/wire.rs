@@ -6,7 +6,12 @@
 //! as percentiles, so merging stays lossless.
 //!
 //! Authentication is a challenge-response over nonces from both sides with HMAC-SHA256 of a
-//! shared token; the token itself never crosses the wire.
+//! shared token; the token itself never crosses the wire. After the handshake every frame, in
+//! both directions, is sealed (`Sealer`, `Opener`): a sequence number and a 16-byte
+//! HMAC-SHA256 tag under a key derived from the token, both nonces and the direction, so a
+//! frame that is altered, injected, replayed, reordered or taken from another session fails
+//! and ends the session. Frames are authenticated, not encrypted: anyone on the path can read
+//! profiles and reports.
 
 use std::io;
 
@@ -28,7 +33,9 @@ use crate::metrics::{
 /// 3: a seventh histogram (delivery) and the published / received message counts.
 /// 4: connected vs established: connected and per-slot counts, the open-established gauge and
 ///    the ramp's own connect count.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `AgentInfo.synthetic`; every frame after the handshake is sealed (sequence number and
+///    MAC, see `Sealer`).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Largest frame either side accepts: a report from an agent with thousands of source
 /// addresses fits easily.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -36,6 +43,14 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// proof is a few hundred bytes), so a stranger cannot make either side reserve 16 MiB.
 pub const HANDSHAKE_MAX_FRAME: usize = 64 << 10;
 pub const NONCE_BYTES: usize = 32;
+/// How often the coordinator tells each agent it is still there.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest lease either side accepts: three keepalives, so that one late keepalive on a
+/// busy host does not stop every agent.
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+/// The longest lease an agent accepts unless told otherwise (`--max-lease`): how long load may
+/// go on after its coordinator has gone.
+pub const DEFAULT_MAX_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -47,6 +62,9 @@ pub enum WireError {
     TooLarge(usize, usize),
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A sealed frame that does not authenticate, or comes out of sequence.
+    #[error("{0}; closing the session")]
+    Forged(String),
 }
 
 /// An agent's description of itself, sent in its hello.
@@ -62,6 +80,9 @@ pub struct AgentInfo {
     pub sources: Vec<String>,
     /// Its clock at the moment it sent this, microseconds since the Unix epoch.
     pub clock_us: u64,
+    /// A synthetic reporter (`agent --synthetic`): its figures are made up and it opens no
+    /// load, so a run with one cannot pass unless the coordinator allows it.
+    pub synthetic: bool,
 }
 
 /// What an agent plays: the profile (as JSON, after overrides) scaled to its share.
@@ -183,6 +204,14 @@ pub async fn read_message_limited<R: AsyncRead + Unpin>(
     input: &mut R,
     limit: usize,
 ) -> Result<Message, WireError> {
+    decode(&read_frame(input, limit).await?)
+}
+
+/// One frame's body (after its length), of at most `limit` bytes.
+async fn read_frame<R: AsyncRead + Unpin>(
+    input: &mut R,
+    limit: usize,
+) -> Result<Vec<u8>, WireError> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
@@ -201,11 +230,156 @@ pub async fn read_message_limited<R: AsyncRead + Unpin>(
     if body.len() < len {
         return Err(WireError::Closed);
     }
-    decode(&body)
+    Ok(body)
 }
 
 pub fn decode(body: &[u8]) -> Result<Message, WireError> {
     serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+/// Bytes of the truncated HMAC-SHA256 tag on a sealed frame.
+pub const TAG_BYTES: usize = 16;
+/// A sealed frame's body: sequence number, message, tag.
+const SEQ_BYTES: usize = 8;
+
+/// Which end of a session this is, for picking the key of each direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Agent,
+    Coordinator,
+}
+
+/// The key of one direction: HMAC-SHA256 over a label and both nonces, keyed by the token (an
+/// empty token for a loopback swarm without one).
+fn direction_key(
+    token: &[u8],
+    direction: &str,
+    agent_nonce: &str,
+    coordinator_nonce: &str,
+) -> Hmac<Sha256> {
+    let secret = mac(token, direction, agent_nonce, coordinator_nonce)
+        .finalize()
+        .into_bytes();
+    <Hmac<Sha256> as KeyInit>::new_from_slice(&secret).expect("HMAC takes any key length")
+}
+
+/// Both directions' keys for `role`'s end of the session the two nonces belong to.
+pub fn session_keys(
+    token: &[u8],
+    agent_nonce: &str,
+    coordinator_nonce: &str,
+    role: Role,
+) -> (Sealer, Opener) {
+    let up = direction_key(
+        token,
+        "frames agent->coordinator",
+        agent_nonce,
+        coordinator_nonce,
+    );
+    let down = direction_key(
+        token,
+        "frames coordinator->agent",
+        agent_nonce,
+        coordinator_nonce,
+    );
+    let (send, receive) = match role {
+        Role::Agent => (up, down),
+        Role::Coordinator => (down, up),
+    };
+    (
+        Sealer { key: send, seq: 0 },
+        Opener {
+            key: receive,
+            seq: 0,
+        },
+    )
+}
+
+fn tag(key: &Hmac<Sha256>, seq_and_body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = key.clone();
+    mac.update(seq_and_body);
+    mac
+}
+
+/// Seals the frames one side sends: `len | seq (8 bytes, big-endian) | JSON | tag`, the tag
+/// the first 16 bytes of HMAC-SHA256 over seq and JSON. Owned by the session's writer.
+pub struct Sealer {
+    key: Hmac<Sha256>,
+    seq: u64,
+}
+
+impl Sealer {
+    /// The frame for `message`, consuming the next sequence number.
+    pub fn seal(&mut self, message: &Message) -> Result<Vec<u8>, WireError> {
+        let mut frame = Vec::with_capacity(256);
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(&self.seq.to_be_bytes());
+        serde_json::to_writer(&mut frame, message)
+            .map_err(|e| WireError::Malformed(e.to_string()))?;
+        let len = frame.len() - 4 + TAG_BYTES;
+        if len > MAX_FRAME {
+            return Err(WireError::TooLarge(len, MAX_FRAME));
+        }
+        let tag = tag(&self.key, &frame[4..]).finalize().into_bytes();
+        frame.extend_from_slice(&tag[..TAG_BYTES]);
+        frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        self.seq += 1;
+        Ok(frame)
+    }
+
+    pub async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        out: &mut W,
+        message: &Message,
+    ) -> Result<(), WireError> {
+        let frame = self.seal(message)?;
+        out.write_all(&frame).await?;
+        Ok(())
+    }
+}
+
+/// Checks the frames the other side sends (see `Sealer`): the tag first, then that the
+/// sequence number is the next one due. Owned by the session's reader.
+pub struct Opener {
+    key: Hmac<Sha256>,
+    seq: u64,
+}
+
+impl Opener {
+    /// The message in one sealed frame body (everything after the length).
+    pub fn open(&mut self, body: &[u8]) -> Result<Message, WireError> {
+        let expected = self.seq;
+        if body.len() < SEQ_BYTES + TAG_BYTES {
+            return Err(WireError::Forged(format!(
+                "frame {expected} is {} bytes, too short to be sealed (injected?)",
+                body.len()
+            )));
+        }
+        let (sealed, given) = body.split_at(body.len() - TAG_BYTES);
+        if tag(&self.key, sealed).verify_truncated_left(given).is_err() {
+            return Err(WireError::Forged(format!(
+                "frame {expected} failed authentication (altered, injected or from another session)"
+            )));
+        }
+        let mut seq = [0u8; SEQ_BYTES];
+        seq.copy_from_slice(&sealed[..SEQ_BYTES]);
+        let seq = u64::from_be_bytes(seq);
+        if seq != expected {
+            return Err(WireError::Forged(format!(
+                "frame {seq} arrived where frame {expected} was due (replayed, reordered or dropped)"
+            )));
+        }
+        self.seq += 1;
+        decode(&sealed[SEQ_BYTES..])
+    }
+
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        input: &mut R,
+    ) -> Result<Message, WireError> {
+        let body = read_frame(input, MAX_FRAME).await?;
+        self.open(&body)
+    }
 }
 
 pub fn nonce() -> String {
@@ -238,15 +412,69 @@ pub fn verify(token: &[u8], role: &str, first: &str, second: &str, given: &str) 
         .is_ok_and(|given| mac(token, role, first, second).verify_slice(&given).is_ok())
 }
 
-/// Reads a token file: at least 16 bytes after trimming whitespace.
+/// The value deploy/kubernetes/secret.yaml once carried; refused wherever it turns up.
+pub const PLACEHOLDER_TOKEN: &str = "REPLACE-WITH-32-RANDOM-BYTES-BASE64";
+/// The command every token refusal suggests.
+pub const MAKE_TOKEN: &str = "head -c 32 /dev/urandom | base64";
+
+/// Why a token is too weak to stand between a stranger and the swarm, or `None`.
+///
+/// A rough check against tokens nobody chose at random, not an entropy proof: the shipped
+/// placeholder, fewer than 16 bytes, fewer than 16 distinct bytes (in the text and, for
+/// base64 text, in what it decodes to), or a run of 8 repeated or consecutive bytes
+/// (`aaaaaaaa`, `12345678`). 32 random bytes in base64 pass with overwhelming probability.
+pub fn weak_token(token: &[u8]) -> Option<String> {
+    if token.is_empty() {
+        return Some("is empty".into());
+    }
+    if token
+        .windows(b"REPLACE-WITH".len())
+        .any(|w| w.eq_ignore_ascii_case(b"REPLACE-WITH"))
+    {
+        return Some("is the shipped placeholder, which anyone can read".into());
+    }
+    if token.len() < 16 {
+        return Some(format!("has {} bytes; use at least 16", token.len()));
+    }
+    let distinct = |bytes: &[u8]| {
+        let mut seen = [false; 256];
+        bytes.iter().for_each(|b| seen[usize::from(*b)] = true);
+        seen.iter().filter(|s| **s).count()
+    };
+    let decoded = BASE64.decode(token).ok().filter(|d| d.len() >= 16);
+    let most = distinct(token).max(decoded.as_deref().map_or(0, distinct));
+    if most < 16 {
+        return Some(format!(
+            "has only {most} distinct byte values; a random token has many more"
+        ));
+    }
+    let mut run = 1;
+    for w in token.windows(3) {
+        let (a, b, c) = (i16::from(w[0]), i16::from(w[1]), i16::from(w[2]));
+        let step = b - a;
+        if step.abs() <= 1 && c - b == step {
+            run += 1;
+            if run + 1 >= 8 {
+                return Some(format!(
+                    "has a run of 8 repeated or consecutive bytes ({:?}...)",
+                    String::from_utf8_lossy(&w[..2])
+                ));
+            }
+        } else {
+            run = 1;
+        }
+    }
+    None
+}
+
+/// Reads a token file (whitespace around it trimmed) and refuses a weak token (`weak_token`).
 pub fn read_token(path: &std::path::Path) -> Result<Vec<u8>, String> {
     let text = std::fs::read(path).map_err(|e| format!("--token-file {}: {e}", path.display()))?;
     let token = text.trim_ascii().to_vec();
-    if token.len() < 16 {
+    if let Some(why) = weak_token(&token) {
         return Err(format!(
-            "--token-file {}: the token has {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64 > {}`)",
+            "--token-file {}: the token {why}; make a random one with `{MAKE_TOKEN} > {}` and give the same file to the coordinator and every agent",
             path.display(),
-            token.len(),
             path.display()
         ));
     }
@@ -564,6 +792,81 @@ mod tests {
             }
             assert_eq!(decode_histogram(&encode_histogram(&h)).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_and_random_ones_pass() {
+        for (token, why) in [
+            (&b""[..], "is empty"),
+            (PLACEHOLDER_TOKEN.as_bytes(), "placeholder"),
+            (b"short", "has 5 bytes"),
+            (b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "distinct"),
+            (b"correct horse battery staple", "distinct"),
+            (b"abcdefghijklmnopqrstuvwxyz", "run of 8"),
+            (b"my token 0123456789 is long enough", "run of 8"),
+        ] {
+            let found = weak_token(token);
+            assert!(
+                found.as_deref().is_some_and(|f| f.contains(why)),
+                "{:?}: {found:?}",
+                String::from_utf8_lossy(token)
+            );
+        }
+        // 32 random bytes in base64, as the message says to make them.
+        for _ in 0..1000 {
+            let token = nonce();
+            assert_eq!(weak_token(token.as_bytes()), None, "{token}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sealed_frames_refuse_tampering_replay_and_the_wrong_session() {
+        let (a, c) = (nonce(), nonce());
+        let token = b"0123456789abcdef";
+        let (mut agent_tx, mut agent_rx) = session_keys(token, &a, &c, Role::Agent);
+        let (mut coord_tx, mut coord_rx) = session_keys(token, &a, &c, Role::Coordinator);
+        let body = |frame: &[u8]| frame[4..].to_vec();
+        let stop = Message::Stop { reason: "x".into() };
+        // Both directions round-trip, through the async path too.
+        let (mut w, mut r) = tokio::io::duplex(1 << 16);
+        coord_tx.write(&mut w, &stop).await.unwrap();
+        assert_eq!(agent_rx.read(&mut r).await.unwrap(), stop);
+        let up = agent_tx.seal(&Message::Keepalive).unwrap();
+        assert_eq!(coord_rx.open(&body(&up)).unwrap(), Message::Keepalive);
+        // Replayed: a valid frame again.
+        let error = coord_rx.open(&body(&up)).unwrap_err().to_string();
+        assert!(
+            error.contains("frame 0 arrived where frame 1 was due"),
+            "{error}"
+        );
+        // Reflected: a frame sent back the other way.
+        let (_, mut fresh_rx) = session_keys(token, &a, &c, Role::Coordinator);
+        let mut own = session_keys(token, &a, &c, Role::Coordinator).0;
+        let reflected = own.seal(&Message::Keepalive).unwrap();
+        assert!(matches!(
+            fresh_rx.open(&body(&reflected)),
+            Err(WireError::Forged(_))
+        ));
+        // Altered: any bit of sequence, message or tag.
+        let mut sealer = session_keys(token, &a, &c, Role::Agent).0;
+        let frame = body(&sealer.seal(&stop).unwrap());
+        for at in [0, SEQ_BYTES + 3, frame.len() - 1] {
+            let mut altered = frame.clone();
+            altered[at] ^= 1;
+            let mut opener = session_keys(token, &a, &c, Role::Coordinator).1;
+            let error = opener.open(&altered).unwrap_err().to_string();
+            assert!(error.contains("failed authentication"), "{at}: {error}");
+        }
+        // Another session (other nonces, or another token).
+        let mut other = session_keys(token, &c, &a, Role::Coordinator).1;
+        assert!(matches!(other.open(&frame), Err(WireError::Forged(_))));
+        let mut other = session_keys(b"fedcba9876543210", &a, &c, Role::Coordinator).1;
+        assert!(matches!(other.open(&frame), Err(WireError::Forged(_))));
+        // Injected: a plain frame of the handshake's kind.
+        let plain = serde_json::to_vec(&stop).unwrap();
+        let mut opener = session_keys(token, &a, &c, Role::Coordinator).1;
+        assert!(matches!(opener.open(&plain), Err(WireError::Forged(_))));
+        assert!(matches!(opener.open(b"{}"), Err(WireError::Forged(_))));
     }
 
     #[test]

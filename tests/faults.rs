@@ -742,7 +742,7 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
         &profile,
         2,
         &out,
-        &["--listen", &listen, "--token-file", &token, "--lease", "2s"],
+        &["--listen", &listen, "--token-file", &token, "--lease", "3s"],
     );
     let mut steady = agent(&near, coord.addr, "steady", &["--token-file", &token]);
     let mut cut_off = agent(&far, coord.addr, "cut-off", &["--token-file", &token]);
@@ -753,12 +753,12 @@ fn a_partitioned_agent_closes_within_its_lease_and_the_run_names_what_is_missing
     Netns::ip(&["-n", &netns.names[1], "link", "set", "eth0", "down"]);
     let cut = Instant::now();
     // The far agent hears nothing and closes everything it holds within its lease.
-    far_sink_stats.wait(Duration::from_secs(6), |l| l.contains("open 0 "));
+    far_sink_stats.wait(Duration::from_secs(7), |l| l.contains("open 0 "));
     let closed_after = cut.elapsed();
     // The lease, plus the sink's one-second stats line, plus slack for a busy host.
     assert!(
-        closed_after < Duration::from_millis(4000),
-        "closed {closed_after:?} after the cut; the lease is 2s"
+        closed_after < Duration::from_millis(5000),
+        "closed {closed_after:?} after the cut; the lease is 3s"
     );
     let lost = coord
         .stderr

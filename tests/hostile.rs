@@ -19,7 +19,7 @@ use common::{Lines, SinkProcess, bin, read_json, wait_child};
 use serde_json::json;
 use stampede::wire::{self, AgentInfo, Message};
 
-const TOKEN: &str = "hostile-peers test token 0123456789";
+const TOKEN: &str = "mF0n2y1Gq4JtqkIuQx8vWl3cR8s5pZb7TgYd0eHhK9o=";
 
 fn info(name: &str) -> AgentInfo {
     AgentInfo {
@@ -30,6 +30,7 @@ fn info(name: &str) -> AgentInfo {
         fd_limit: 1000,
         sources: vec![],
         clock_us: 0,
+        synthetic: false,
     }
 }
 

@@ -213,7 +213,7 @@ fn a_killed_agent_is_marked_lost_and_the_run_finishes() {
     let sink = SinkProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), sink.addr, 300, "4s");
-    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "2s"]);
+    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "3s"]);
     let mut a0 = agent(coord.addr, "steady", "127.0.43.1", None, &[]);
     let mut a1 = agent(coord.addr, "doomed", "127.0.43.2", None, &[]);
     wait_for_line(&mut coord.stderr, Duration::from_secs(15), |l| {
@@ -247,7 +247,7 @@ fn a_run_whose_every_agent_is_lost_is_aborted_not_passed() {
     let sink = SinkProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), sink.addr, 200, "10s");
-    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "2s"]);
+    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "3s"]);
     let mut agents = [
         agent(coord.addr, "first", "127.0.43.3", None, &[]),
         agent(coord.addr, "second", "127.0.43.4", None, &[]),
@@ -321,7 +321,7 @@ fn agents_close_everything_within_the_lease_when_the_coordinator_freezes_or_dies
 
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), sink_addr, 200, "60s");
-    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "2s"]);
+    let mut coord = coordinator(&profile, 2, &dir.path().join("coord"), &["--lease", "3s"]);
     let mut agents = [
         agent(coord.addr, "x", "127.0.44.1", None, &[]),
         agent(coord.addr, "y", "127.0.44.2", None, &[]),
@@ -341,8 +341,8 @@ fn agents_close_everything_within_the_lease_when_the_coordinator_freezes_or_dies
         .expect("agents closed their connections");
     let took = closed - frozen;
     assert!(
-        took < Duration::from_millis(3500),
-        "closed {took:?} after the freeze; the lease is 2s"
+        took < Duration::from_millis(4500),
+        "closed {took:?} after the freeze; the lease is 3s"
     );
     for a in &mut agents {
         let status = wait_child(a, Duration::from_secs(5));
@@ -393,8 +393,16 @@ fn refusals_are_clear() {
     let sink = SinkProcess::start();
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), sink.addr, 10, "1s");
-    let good = token_file(dir.path(), "good", "correct horse battery staple");
-    let bad = token_file(dir.path(), "bad", "wrong horse battery staple!!");
+    let good = token_file(
+        dir.path(),
+        "good",
+        "yl8RUlDP+3P4lu8ZZnoI1dRlG5kprWyhrDUwwOB4nfU=\n",
+    );
+    let bad = token_file(
+        dir.path(),
+        "bad",
+        "gx43l7gVDBN/AJyk5bxFpUgaESZrKp99u7d+zLDGc4M=\n",
+    );
 
     // No token on a non-loopback listen address: refused before listening for anyone.
     let out = bin()
@@ -513,6 +521,7 @@ async fn other_protocol_versions_are_refused() {
         fd_limit: 1000,
         sources: vec![],
         clock_us: 0,
+        synthetic: false,
     };
     wire::write_message(
         &mut stream,

@@ -5,15 +5,20 @@
 # coordinator's CPU (% of one core) over the steady part of the hold, and its peak RSS.
 #
 # Usage: scripts/bench/coordinator.sh [AGENTS...]   (default: 10 100 1000)
+# STAMPEDE_BIN=PATH measures that binary instead of building this tree (before/after runs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --quiet
-bin=target/release/stampede
+if [[ -n ${STAMPEDE_BIN:-} ]]; then
+  bin=$STAMPEDE_BIN
+else
+  cargo build --release --quiet
+  bin=target/release/stampede
+fi
 counts=("$@")
 ((${#counts[@]})) || counts=(10 100 1000)
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${KEEP_WORK:-} ]] || rm -rf "$work"; }
 trap cleanup EXIT
 hz=$(getconf CLK_TCK)
 
@@ -42,13 +47,20 @@ JSON
     sleep 0.05
   done
   [[ -n $addr ]] || { echo "coordinator did not start" >&2; cat "$work/coord-$n.err" >&2; exit 1; }
-  "$bin" agent --synthetic "$n" --coordinator "$addr" --name syn --quiet 2> "$work/agents-$n.err" &
-  pids+=("$!")
-  # Wait until every agent reports (the first progress second), then measure 10 s of steady state.
-  for _ in $(seq 600); do
-    grep -q "joined from" "$work/coord-$n.err" 2>/dev/null && [[ $(grep -c "joined from" "$work/coord-$n.err") -ge $n ]] && break
-    sleep 0.05
+  # In batches of at most 100, each once the last has joined: the coordinator takes 128
+  # handshakes at a time and drops the rest, and synthetic agents do not dial again.
+  joined=0
+  while ((joined < n)); do
+    batch=$((n - joined < 100 ? n - joined : 100))
+    "$bin" agent --synthetic "$batch" --coordinator "$addr" --name "syn$joined" --quiet 2>> "$work/agents-$n.err" &
+    pids+=("$!")
+    joined=$((joined + batch))
+    for _ in $(seq 600); do
+      [[ $(grep -c "joined from" "$work/coord-$n.err" 2>/dev/null) -ge $joined ]] && break
+      sleep 0.05
+    done
   done
+  # Then measure 10 s of steady state.
   sleep 4
   t0=$(cpu_ticks "$coord"); s0=$(date +%s.%N)
   sleep 10

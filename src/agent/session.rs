@@ -16,9 +16,17 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::{Engine, EnginePlan};
 use crate::collect::{Collector, Outputs, Progress, open_outputs};
 use crate::coordinator::{HANDSHAKE_TIMEOUT, unix_us};
-use crate::profile::{Profile, SourceSpec, TargetSpec, sources, timeline};
+use crate::profile::{PlanAddress, Profile, SourceSpec, TargetSpec, sources, timeline};
 use crate::run::{PreflightInput, RunError, preflight};
-use crate::wire::{self, AgentInfo, Message, PROTOCOL_VERSION, PlanMsg, WireInterval};
+use crate::wire::{
+    self, AgentInfo, Message, Opener, PROTOCOL_VERSION, PlanMsg, Role, Sealer, WireInterval,
+};
+
+/// The sealing ends of an authenticated session (see `wire::Sealer`).
+pub(crate) struct Link {
+    pub sealer: Sealer,
+    pub opener: Opener,
+}
 
 /// An address block for `--allow-targets`: `127.0.0.0/8`, `::1/128` or a single address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,11 +109,16 @@ pub struct AgentOptions {
     /// Source-address specs that replace the profile's.
     pub sources: Vec<String>,
     pub allow_targets: Vec<Cidr>,
+    /// The longest lease this agent accepts (`--max-lease`): how long it may keep load going
+    /// after its coordinator has gone silent.
+    pub max_lease: Duration,
     /// How long to keep dialling a coordinator that is not up yet.
     pub retry_for: Duration,
     pub workers: Option<usize>,
     pub outputs: Outputs,
     pub quiet: bool,
+    /// Says so in the hello: this is a synthetic reporter (`agent --synthetic`).
+    pub synthetic: bool,
 }
 
 /// Why an agent ended without finishing its share, and the exit code that says so.
@@ -176,7 +189,7 @@ pub(crate) async fn join(
     stream: &mut TcpStream,
     options: &AgentOptions,
     fd_limit: u64,
-) -> Result<(), AgentExit> {
+) -> Result<Link, AgentExit> {
     let nonce = wire::nonce();
     let info = AgentInfo {
         name: options.name.clone(),
@@ -186,6 +199,7 @@ pub(crate) async fn join(
         fd_limit,
         sources: options.sources.clone(),
         clock_us: unix_us(),
+        synthetic: options.synthetic,
     };
     let broken = |e: wire::WireError| AgentExit {
         // Dropped unread (a coordinator busy with a flood of strangers): worth another try.
@@ -256,7 +270,11 @@ pub(crate) async fn join(
     .map_err(|_| exit(3, "the coordinator did not answer the proof"))?
     .map_err(broken)?
     {
-        Message::Welcome => Ok(()),
+        Message::Welcome => {
+            let token = options.token.as_deref().unwrap_or_default();
+            let (sealer, opener) = wire::session_keys(token, &nonce, &their_nonce, Role::Agent);
+            Ok(Link { sealer, opener })
+        }
         Message::Refused { reason } => Err(exit(
             2,
             format!("the coordinator refused this agent: {reason}"),
@@ -272,13 +290,13 @@ pub(crate) async fn join(
 async fn dial_and_join(
     options: &AgentOptions,
     fd_limit: u64,
-) -> Result<(TcpStream, SocketAddr), AgentExit> {
+) -> Result<(TcpStream, SocketAddr, Link), AgentExit> {
     let deadline = Instant::now() + options.retry_for;
     let mut backoff = Duration::from_millis(200);
     loop {
         let (mut stream, addr) = dial(options).await?;
         match join(&mut stream, options, fd_limit).await {
-            Ok(()) => return Ok((stream, addr)),
+            Ok(link) => return Ok((stream, addr, link)),
             Err(e) if e.hung_up && Instant::now() + backoff < deadline => {
                 if !options.quiet {
                     eprintln!(
@@ -295,18 +313,21 @@ async fn dial_and_join(
 }
 
 /// Tells the coordinator why this agent will not play the plan; the agent then exits 2.
-async fn refuse_plan(stream: &mut TcpStream, reason: String) -> AgentExit {
+async fn refuse_plan(stream: &mut TcpStream, link: &mut Link, reason: String) -> AgentExit {
     let refusal = Message::Refused {
         reason: reason.clone(),
     };
-    let _ = wire::write_message(stream, &refusal).await;
+    let _ = link.sealer.write(stream, &refusal).await;
     exit(2, format!("refused the plan: {reason}"))
 }
 
 /// Answers clock probes until the plan arrives.
-pub(crate) async fn await_plan(stream: &mut TcpStream) -> Result<PlanMsg, AgentExit> {
+pub(crate) async fn await_plan(
+    stream: &mut TcpStream,
+    link: &mut Link,
+) -> Result<PlanMsg, AgentExit> {
     loop {
-        let message = timeout(Duration::from_secs(600), wire::read_message(stream))
+        let message = timeout(Duration::from_secs(600), link.opener.read(stream))
             .await
             .map_err(|_| exit(3, "no plan from the coordinator"))?
             .map_err(|e| exit(3, format!("the coordinator went away before the plan: {e}")))?;
@@ -316,7 +337,7 @@ pub(crate) async fn await_plan(stream: &mut TcpStream) -> Result<PlanMsg, AgentE
                     id,
                     clock_us: unix_us(),
                 };
-                let _ = wire::write_message(stream, &pong).await;
+                let _ = link.sealer.write(stream, &pong).await;
             }
             Message::Plan(plan) => return Ok(*plan),
             Message::Stop { reason } => {
@@ -336,6 +357,20 @@ fn accept_plan(
         .map_err(|e| format!("the profile does not parse here: {e}"))?;
     if plan.weights.len() != plan.agents || plan.agent_index >= plan.agents {
         return Err("the plan's share does not add up".into());
+    }
+    let lease = Duration::from_millis(plan.lease_ms);
+    if lease > options.max_lease {
+        return Err(format!(
+            "the coordinator's lease of {lease:?} is over this agent's --max-lease of {:?}: the agent would keep its load going that long after losing the coordinator; start the coordinator with --lease {:?} or less, or this agent with a larger --max-lease",
+            options.max_lease, options.max_lease
+        ));
+    }
+    if lease < wire::MIN_LEASE {
+        return Err(format!(
+            "the coordinator's lease of {lease:?} is under {:?} (3 keepalive intervals): the agent would stop at the first late keepalive; start the coordinator with --lease {:?} or more",
+            wire::MIN_LEASE,
+            wire::MIN_LEASE
+        ));
     }
     let mut share = profile.share(&plan.weights, plan.agent_index);
     if !options.sources.is_empty() {
@@ -361,17 +396,29 @@ fn accept_plan(
             return Err("target \"embedded\" needs a sink address from the coordinator".into());
         }
     };
-    if let Some(outside) = targets
-        .iter()
-        .find(|t| !options.allow_targets.iter().any(|c| c.contains(t.ip())))
-    {
+    // Everything the plan names, not only the targets: a cutover's `to`, admin endpoints and
+    // the targets an NLB phase registers steer load just as well.
+    let mut named = profile.addresses();
+    if let Some(list) = &plan.targets {
+        for (i, addr) in targets.iter().enumerate().take(list.len()) {
+            named.push(PlanAddress::new(format!("the plan's targets[{i}]"), *addr));
+        }
+    }
+    if let Some(outside) = named.iter().find(|a| {
+        !options
+            .allow_targets
+            .iter()
+            .any(|c| c.contains(a.addr.ip()))
+    }) {
         let allowed: Vec<String> = options
             .allow_targets
             .iter()
             .map(ToString::to_string)
             .collect();
         return Err(format!(
-            "target {outside} is outside this agent's --allow-targets ({}); start the agent with --allow-targets covering it",
+            "{} ({}) is outside this agent's --allow-targets ({}); start the agent with --allow-targets covering it if it is meant to be loaded",
+            outside.addr,
+            outside.at,
             allowed.join(", ")
         ));
     }
@@ -382,7 +429,7 @@ fn accept_plan(
 pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     let limit = crate::host::raise_fd_limit()
         .map_err(|e| exit(3, format!("cannot read RLIMIT_NOFILE: {e}")))?;
-    let (mut stream, addr) = dial_and_join(&options, limit.soft).await?;
+    let (mut stream, addr, mut link) = dial_and_join(&options, limit.soft).await?;
     if !options.quiet {
         eprintln!(
             "stampede agent {}: joined the coordinator at {addr}",
@@ -391,10 +438,10 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     }
 
     // Before the plan: answer clock probes, wait for the plan.
-    let plan = await_plan(&mut stream).await?;
+    let plan = await_plan(&mut stream, &mut link).await?;
     let (profile, targets) = match accept_plan(&plan, &options) {
         Ok(accepted) => accepted,
-        Err(reason) => return Err(refuse_plan(&mut stream, reason).await),
+        Err(reason) => return Err(refuse_plan(&mut stream, &mut link, reason).await),
     };
     let checked = preflight(PreflightInput {
         profile: &profile,
@@ -407,7 +454,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         Ok(c) => c,
         Err(RunError::Plan(reason) | RunError::Fatal(reason)) => {
             let reason = format!("agent {}: {reason}", options.name);
-            return Err(refuse_plan(&mut stream, reason).await);
+            return Err(refuse_plan(&mut stream, &mut link, reason).await);
         }
     };
     let pool = checked.pool;
@@ -415,15 +462,16 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         .map(|i| pool.source_label(i))
         .collect();
     let target_labels: Vec<String> = targets.iter().map(ToString::to_string).collect();
-    wire::write_message(
-        &mut stream,
-        &Message::Ready {
-            sources: source_labels.clone(),
-            targets: target_labels.clone(),
-        },
-    )
-    .await
-    .map_err(|e| exit(3, format!("the coordinator went away: {e}")))?;
+    link.sealer
+        .write(
+            &mut stream,
+            &Message::Ready {
+                sources: source_labels.clone(),
+                targets: target_labels.clone(),
+            },
+        )
+        .await
+        .map_err(|e| exit(3, format!("the coordinator went away: {e}")))?;
 
     let now_us = unix_us();
     let start = if plan.start_at_us > now_us {
@@ -440,7 +488,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         }
         Err(reason) => {
             let reason = format!("agent {}: {reason}", options.name);
-            return Err(refuse_plan(&mut stream, reason).await);
+            return Err(refuse_plan(&mut stream, &mut link, reason).await);
         }
     };
     let engine_plan = Arc::new(EnginePlan::new(&profile, pool).with_connector(connector));
@@ -463,10 +511,14 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     );
 
     let (mut reader, mut writer) = stream.into_split();
+    let Link {
+        mut sealer,
+        mut opener,
+    } = link;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let writer_task = tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
-            if wire::write_message(&mut writer, &message).await.is_err() {
+            if sealer.write(&mut writer, &message).await.is_err() {
                 break;
             }
         }
@@ -474,7 +526,7 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
     let reader_task = tokio::spawn(async move {
         loop {
-            let message = wire::read_message(&mut reader).await;
+            let message = opener.read(&mut reader).await;
             let end = message.is_err();
             if in_tx.send(message).is_err() || end {
                 break;
@@ -482,7 +534,8 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
         }
     });
 
-    let lease = Duration::from_millis(plan.lease_ms.max(500));
+    // Checked against --max-lease and MIN_LEASE in accept_plan.
+    let lease = Duration::from_millis(plan.lease_ms);
     let mut last_heard = Instant::now();
     let mut dead: Option<String> = None;
     let mut stopped_by: Option<String> = None;
@@ -532,7 +585,11 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
                     Some(Err(e)) => {
                         coordinator_open = false;
                         if dead.is_none() {
-                            dead = Some(format!("lost the coordinator ({e}); closed every connection"));
+                            let reason = format!("lost the coordinator ({e}); closed every connection");
+                            // If the coordinator can still hear (a forged frame rather than a
+                            // dead link), it must not take the short share as finished.
+                            let _ = out_tx.send(Message::Refused { reason: reason.clone() });
+                            dead = Some(reason);
                             engine.stop();
                         }
                     }
@@ -541,7 +598,9 @@ pub async fn run(options: AgentOptions) -> Result<(), AgentExit> {
             }
             _ = lease_check.tick() => {
                 if dead.is_none() && last_heard.elapsed() > lease {
-                    dead = Some(format!("no word from the coordinator for {lease:?} (lease); closed every connection"));
+                    let reason = format!("no word from the coordinator for {lease:?} (lease); closed every connection");
+                    let _ = out_tx.send(Message::Refused { reason: reason.clone() });
+                    dead = Some(reason);
                     engine.stop();
                 }
             }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::session::{AgentExit, AgentOptions, await_plan, dial, join};
+use super::session::{AgentExit, AgentOptions, Link, await_plan, dial, join};
 use crate::coordinator::unix_us;
 use crate::metrics::{IntervalData, Latency};
 use crate::profile::{Profile, timeline};
-use crate::wire::{self, Message, WireInterval};
+use crate::wire::{Message, WireInterval};
 
 /// A small deterministic generator (xorshift), so runs are comparable.
 struct Rng(u64);
@@ -45,13 +45,15 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         token: options.token.clone(),
         sources: Vec::new(),
         allow_targets: Vec::new(),
+        max_lease: options.max_lease,
         retry_for: options.retry_for,
         workers: None,
         outputs: Default::default(),
         quiet: true,
+        synthetic: true,
     };
-    join(&mut stream, &named, 1_000_000).await?;
-    let plan = await_plan(&mut stream).await?;
+    let mut link = join(&mut stream, &named, 1_000_000).await?;
+    let plan = await_plan(&mut stream, &mut link).await?;
     let profile = Profile::from_value(plan.profile.clone())
         .map_err(|e| AgentExit {
             code: 2,
@@ -60,35 +62,42 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         })?
         .share(&plan.weights, plan.agent_index);
     let targets = plan.targets.clone().unwrap_or_default();
-    wire::write_message(
-        &mut stream,
-        &Message::Ready {
-            sources: vec![format!("synthetic-{index}")],
-            targets: targets.clone(),
-        },
-    )
-    .await
-    .map_err(|e| AgentExit {
-        code: 3,
-        message: e.to_string(),
-        hung_up: false,
-    })?;
+    link.sealer
+        .write(
+            &mut stream,
+            &Message::Ready {
+                sources: vec![format!("synthetic-{index}")],
+                targets: targets.clone(),
+            },
+        )
+        .await
+        .map_err(|e| AgentExit {
+            code: 3,
+            message: e.to_string(),
+            hung_up: false,
+        })?;
     let now = unix_us();
     let start = Instant::now() + Duration::from_micros(plan.start_at_us.saturating_sub(now));
     sleep_until(start).await;
-    let _ = wire::write_message(
-        &mut stream,
-        &Message::Started {
-            clock_us: unix_us(),
-        },
-    )
-    .await;
+    let _ = link
+        .sealer
+        .write(
+            &mut stream,
+            &Message::Started {
+                clock_us: unix_us(),
+            },
+        )
+        .await;
     let spans = timeline::spans(&profile);
     let seconds = timeline::total(&spans).as_secs_f64().ceil().max(1.0) as u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (index as u64 + 1));
     let (mut reader, mut writer) = stream.into_split();
+    let Link {
+        mut sealer,
+        mut opener,
+    } = link;
     // Keep the session's read side drained so keepalives never back up.
-    let drain = tokio::spawn(async move { while wire::read_message(&mut reader).await.is_ok() {} });
+    let drain = tokio::spawn(async move { while opener.read(&mut reader).await.is_ok() {} });
     let mut open = 0u64;
     for seq in 0..seconds {
         sleep_until(start + Duration::from_secs(seq + 1)).await;
@@ -123,7 +132,8 @@ async fn one(options: &AgentOptions, index: usize) -> Result<(), AgentExit> {
         }
         let last = seq + 1 == seconds;
         let report = WireInterval::encode(seq, last, open, open, &data);
-        if wire::write_message(&mut writer, &Message::Report(Box::new(report)))
+        if sealer
+            .write(&mut writer, &Message::Report(Box::new(report)))
             .await
             .is_err()
         {

@@ -262,6 +262,7 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
         // socket closes. The lease only has to outlast a turn on a host saturated by the run
         // itself (a million connections on two cores took reports more than 5 s to cross).
         lease: Duration::from_secs(30),
+        allow_synthetic: false,
         targets: target_override,
         outputs: options.outputs,
         progress: options.progress,

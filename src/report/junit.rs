@@ -12,20 +12,28 @@ fn escape(text: &str) -> String {
 }
 
 pub fn render(summary: &Summary) -> String {
-    let failures = summary.thresholds.iter().filter(|t| !t.pass).count();
+    // A failure besides the thresholds (synthetic agents) is one more failed case.
+    let extra = usize::from(summary.fail_reason.is_some());
+    let failures = summary.thresholds.iter().filter(|t| !t.pass).count() + extra;
+    let tests = summary.thresholds.len() + extra;
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
-        "<testsuites name=\"stampede\" tests=\"{}\" failures=\"{failures}\">",
-        summary.thresholds.len()
+        "<testsuites name=\"stampede\" tests=\"{tests}\" failures=\"{failures}\">"
     );
     let _ = writeln!(
         out,
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" time=\"{:.3}\">",
+        "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" time=\"{:.3}\">",
         escape(&summary.profile),
-        summary.thresholds.len(),
         summary.duration_s
     );
+    if let Some(reason) = &summary.fail_reason {
+        let _ = writeln!(
+            out,
+            "    <testcase classname=\"stampede.run\" name=\"real agents\">\n      <failure message=\"{}\"/>\n    </testcase>",
+            escape(reason)
+        );
+    }
     for t in &summary.thresholds {
         let observed = t
             .observed

@@ -306,6 +306,8 @@ pub struct AgentRecord {
     pub host: String,
     /// Connections it was asked to hold.
     pub share: u64,
+    /// It said it was synthetic (`agent --synthetic`): its figures are made up.
+    pub synthetic: bool,
     pub established: u64,
     pub errors: u64,
     /// Seconds from the run's start to its last report, if it sent any.
@@ -344,6 +346,12 @@ pub struct Summary {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,
+    /// Why the outcome is `fail` besides the thresholds (synthetic agents without
+    /// `--allow-synthetic`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fail_reason: Option<String>,
+    /// Swarm runs: agents that said they were synthetic (made-up figures, no load).
+    pub synthetic_agents: u64,
     pub started_at_unix_ms: u64,
     pub duration_s: f64,
     pub planned_duration_s: f64,
@@ -491,6 +499,8 @@ impl Summary {
             profile: facts.profile.to_string(),
             outcome: Outcome::Pass,
             abort_reason: facts.abort_reason.clone(),
+            fail_reason: None,
+            synthetic_agents: facts.agents.iter().filter(|a| a.synthetic).count() as u64,
             started_at_unix_ms: facts.started_at_unix_ms,
             duration_s: (facts.elapsed_s * 1000.0).round() / 1000.0,
             planned_duration_s: crate::profile::timeline::total(facts.spans).as_secs_f64(),
@@ -592,6 +602,22 @@ impl Summary {
         summary
     }
 
+    /// A run with synthetic agents measured nothing real: unless `allowed`, it fails (an
+    /// aborted run stays aborted), saying why.
+    pub fn gate_synthetic(&mut self, allowed: bool) {
+        if self.synthetic_agents == 0 || allowed {
+            return;
+        }
+        self.fail_reason = Some(format!(
+            "{} of {} agent(s) were synthetic (agent --synthetic: made-up figures, no load); a run with them passes only with coordinator --allow-synthetic",
+            self.synthetic_agents,
+            self.agents.len()
+        ));
+        if self.outcome == Outcome::Pass {
+            self.outcome = Outcome::Fail;
+        }
+    }
+
     /// The figure a threshold reads, or `None` when there is no sample to judge.
     pub fn observe(&self, threshold: &Threshold) -> Option<f64> {
         let c = &self.connections;
@@ -632,6 +658,7 @@ mod tests {
             name: name.into(),
             host: "h".into(),
             share: 10,
+            synthetic: false,
             established: 10,
             errors: 0,
             last_report_s: None,

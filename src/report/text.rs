@@ -115,6 +115,9 @@ pub fn render(summary: &Summary) -> String {
     if let Some(reason) = &summary.abort_reason {
         let _ = writeln!(out, "aborted: {reason}");
     }
+    if let Some(reason) = &summary.fail_reason {
+        let _ = writeln!(out, "failed: {reason}");
+    }
     let c = &summary.connections;
     let _ = writeln!(
         out,
