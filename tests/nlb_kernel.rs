@@ -226,6 +226,44 @@ fn the_concurrent_wall_drops_exactly_the_excess_and_counts_each_flow_once() {
     lb.stop();
 }
 
+/// A closed flow gives its port back: a storm that closes every connection of a pair at 75 %
+/// of its ports reconnects them all, which needs the first 150 ports freed (150 + 150 > 200).
+#[test]
+fn a_closed_flow_gives_its_port_back() {
+    let net = 222;
+    let target = format!("10.{net}.1.100:7000");
+    let mut lb = KernelLb::start(
+        "tkslot",
+        net,
+        std::slice::from_ref(&target),
+        &["--ports-per-target", "200"],
+    );
+    let _sink = Sink::start(std::slice::from_ref(&target));
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = profile(
+        &lb,
+        150,
+        "1s",
+        json!([
+            { "ramp": { "rate": 600 } },
+            { "hold": { "for": "1s" } },
+            { "storm": { "fraction": 1.0, "mode": "close", "for": "4s" } },
+            { "hold": { "for": "1s" } }
+        ]),
+    );
+    p["reconnect"] =
+        json!({ "policy": "exponential", "base": "200ms", "cap": "1s", "jitter": "none" });
+    let (_, s) = run_profile(dir.path(), &p);
+    let c = &s["connections"];
+    let total = &s["nlb"]["total"];
+    assert_eq!(c["open_at_end"], 150, "{c:#}\n{total:#}");
+    assert!(c["reconnects"].as_u64().unwrap_or(0) >= 150, "{c:#}");
+    assert_eq!(total["PortAllocationErrorCount"], 0, "{total:#}");
+    // NewFlowCount is not asserted here: read from conntrack's events, it can miss a few
+    // under load (a known gap; the concurrent-wall test checks it exactly at low load).
+    lb.stop();
+}
+
 #[test]
 fn the_per_minute_wall_is_counted_apart_from_the_concurrent_one() {
     let net = 217;

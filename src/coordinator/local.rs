@@ -226,6 +226,21 @@ pub async fn run(options: LocalSwarmOptions) -> Result<RunResult, RunError> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // The agents play this user's own profile, as `run` alone would: every address it
+        // names is allowed, and nothing else (loopback stays allowed, as by default).
+        let mut allowed: Vec<String> = vec!["127.0.0.0/8".into(), "::1/128".into()];
+        for a in profile.addresses() {
+            let ip = a.addr.ip();
+            let cidr = if ip.is_ipv4() {
+                format!("{ip}/32")
+            } else {
+                format!("{ip}/128")
+            };
+            if !allowed.contains(&cidr) {
+                allowed.push(cidr);
+            }
+        }
+        command.arg("--allow-targets").arg(allowed.join(","));
         if addrs.len() >= agents {
             let mine: Vec<String> = addrs
                 .iter()

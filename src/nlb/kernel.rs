@@ -15,10 +15,12 @@
 //! In NS, for a new flow: prerouting picks the node by a hash of the client's IP and port
 //! (the packet's mark, node k = mark k+1) and DNATs to one of the node's registered targets by
 //! a second hash (its own zone's with cross-zone off, as the user-space emulator does); the
-//! forward chain refuses the flow when its (node, target) pair already holds `--ports-per-target`
-//! flows (`ct count`) or has spent its `--new-per-minute` allocations (a token bucket holding a
-//! minute's worth), counting it once in a set of refused client ports so that SYN
-//! retransmissions are dropped uncounted; postrouting SNATs to the node's IP. Conntrack forgets
+//! forward chain refuses the flow when its (node, target) pair has spent its `--new-per-minute`
+//! allocations (a token bucket holding a minute's worth) or already holds `--ports-per-target`
+//! flows (its slot set, sized so, is full), counting it once in a set of refused SYNs so that
+//! their retransmissions are dropped uncounted; postrouting SNATs to the node's IP. A slot is
+//! given back when conntrack reports the flow closed or forgotten (`conntrack -E`), and a
+//! check against conntrack's table every 5 s frees any whose event was lost. Conntrack forgets
 //! an established flow after `--idle-timeout`, and a packet of a forgotten flow is answered with
 //! a reset (`TCP_ELB_Reset_Count`). Deregistration rebuilds the DNAT rules (existing flows keep
 //! their conntrack binding); with termination on, the target's flows are deleted from conntrack
@@ -28,13 +30,14 @@
 //! with the same namespace first undoes what a crashed run left behind, and `teardown` undoes
 //! it on exit. It must not send traffic anywhere but the configured targets.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use super::{Balancer, CountersSnapshot, NlbConfig, NlbMetrics, NodeMetrics, TargetMetrics, lock};
@@ -224,6 +227,12 @@ pub struct KernelNlb {
     registered: Mutex<Vec<(bool, u64)>>,
     latest: Mutex<NlbMetrics>,
     torn_down: AtomicBool,
+    /// `conntrack -E` in the namespace, feeding the slot keeper; killed on teardown.
+    events: Mutex<Option<Child>>,
+    /// Per (node, target) pair, flows conntrack confirmed (its NEW events): `NewFlowCount`.
+    /// Counted here rather than by a rule, since a SYN retransmitted before its flow was
+    /// confirmed passes the rules a second time and is then dropped as a duplicate.
+    new_flows: Arc<Vec<AtomicU64>>,
 }
 
 impl KernelNlb {
@@ -249,13 +258,16 @@ impl KernelNlb {
         let file = plan.undo_file();
         undo(&file);
         let _ = run("ip", &["netns", "delete", &plan.netns]);
+        let pairs = plan.nodes * plan.targets.len();
         let nlb = Arc::new(KernelNlb {
             registered: Mutex::new(vec![(true, 1); plan.targets.len()]),
             latest: Mutex::new(empty_metrics(&plan, &[true].repeat(plan.targets.len()))),
             plan,
             torn_down: AtomicBool::new(false),
+            events: Mutex::new(None),
+            new_flows: Arc::new((0..pairs).map(|_| AtomicU64::new(0)).collect()),
         });
-        if let Err(e) = nlb.build() {
+        if let Err(e) = nlb.build().and_then(|()| nlb.keep_slots()) {
             nlb.teardown();
             return Err(e);
         }
@@ -263,11 +275,15 @@ impl KernelNlb {
         std::thread::Builder::new()
             .name("nlb-kernel-poll".into())
             .spawn(move || {
+                let mut polls = 0u64;
                 while let Some(nlb) = poller.upgrade() {
                     if nlb.torn_down.load(Ordering::Relaxed) {
                         break;
                     }
-                    if let Ok(metrics) = nlb.read_counters() {
+                    // Every 5 s, the slot sets are checked against conntrack's table.
+                    let reconcile = polls % 10 == 9;
+                    polls += 1;
+                    if let Ok(metrics) = nlb.read_counters(reconcile) {
                         *lock(&nlb.latest) = metrics;
                     }
                     drop(nlb);
@@ -382,22 +398,34 @@ impl KernelNlb {
         let pairs = || (0..p.nodes).flat_map(|k| (0..p.targets.len()).map(move |i| (k, i)));
         let mut r = String::new();
         let _ = writeln!(r, "table ip nlb {{");
-        let _ = writeln!(
-            r,
-            "  set conc {{ type mark . ipv4_addr . inet_service; size 65535; flags dynamic; }}"
-        );
+        // The concurrent wall: each (node, target) pair's ports are the elements of a set
+        // sized --ports-per-target, keyed by the client's address and port. A SYN that cannot
+        // add its element is refused; `SlotKeeper` deletes the element when conntrack sees the
+        // flow close or forgets it. (`ct count` would be exact too, but walks every flow of
+        // the pair on each new one, up to HZ times a second: at 55,000 flows that takes both
+        // cores of a small VM while a ramp lasts.)
+        let ports = p.config.ports_per_target;
+        for (k, i) in pairs() {
+            let _ = writeln!(
+                r,
+                "  set slots_{k}_{i} {{ type ipv4_addr . inet_service; size {ports}; flags dynamic; }}"
+            );
+        }
         let _ = writeln!(
             r,
             "  set rate {{ type mark . ipv4_addr . inet_service; size 65535; flags dynamic,timeout; timeout 10m; }}"
         );
-        // A refused flow's client port, so its SYN retransmissions are not counted again.
+        // A refused SYN's client address, port and initial sequence number: its
+        // retransmissions carry the same three and are dropped uncounted, while a later
+        // connection from the same port (a new sequence number) is a flow of its own. Kept
+        // for longer than a client's SYN retries last (about two minutes on Linux).
         let _ = writeln!(
             r,
-            "  set refused {{ type ipv4_addr . inet_service; size 4194304; flags dynamic,timeout; timeout 5m; }}"
+            "  set refused {{ typeof ip saddr . tcp sport . tcp sequence; size 4194304; flags dynamic,timeout; timeout 3m; }}"
         );
         let _ = writeln!(r, "  counter elb_rst {{ }}");
         for (k, i) in pairs() {
-            for name in ["full", "rate", "new", "crst", "trst", "bin", "bout"] {
+            for name in ["full", "rate", "crst", "trst", "bin", "bout"] {
                 let _ = writeln!(r, "  counter {name}_{k}_{i} {{ }}");
             }
         }
@@ -417,8 +445,14 @@ impl KernelNlb {
             r,
             "    ct state invalid tcp flags & rst == 0 counter name elb_rst reject with tcp reset"
         );
-        let _ = writeln!(r, "    ct state new ip saddr . tcp sport @refused drop");
-        let (ports, per_minute) = (p.config.ports_per_target, p.config.new_per_minute);
+        // A SYN retransmitted before the target answered: its flow was admitted (and marked)
+        // by the first one, so it is neither checked against the walls nor counted again.
+        let _ = writeln!(r, "    ct state new ct mark != 0 accept");
+        let _ = writeln!(
+            r,
+            "    ct state new ip saddr . tcp sport . tcp sequence @refused drop"
+        );
+        let per_minute = p.config.new_per_minute;
         for (k, i) in pairs() {
             let t = p.targets[i];
             let pair = format!(
@@ -427,29 +461,30 @@ impl KernelNlb {
                 t.ip(),
                 t.port()
             );
+            // The per-minute wall first: a SYN over it is refused before it takes a port.
             let _ = writeln!(
                 r,
-                "    ct state new {pair} add @conc {{ meta mark . ip daddr . tcp dport ct count over {ports} }} add @refused {{ ip saddr . tcp sport }} counter name full_{k}_{i} drop"
+                "    ct state new {pair} add @rate {{ meta mark . ip daddr . tcp dport limit rate over {per_minute}/minute burst {per_minute} packets }} add @refused {{ ip saddr . tcp sport . tcp sequence }} counter name rate_{k}_{i} drop"
             );
             let _ = writeln!(
                 r,
-                "    ct state new {pair} add @rate {{ meta mark . ip daddr . tcp dport limit rate over {per_minute}/minute burst {per_minute} packets }} add @refused {{ ip saddr . tcp sport }} counter name rate_{k}_{i} drop"
+                "    ct state new {pair} add @slots_{k}_{i} {{ ip saddr . tcp sport }} ct mark set meta mark"
             );
             let _ = writeln!(
                 r,
-                "    ct state new {pair} counter name new_{k}_{i} ct mark set meta mark"
+                "    ct state new {pair} ct mark 0 add @refused {{ ip saddr . tcp sport . tcp sequence }} counter name full_{k}_{i} drop"
             );
         }
         for (k, i) in pairs() {
             let t = p.targets[i];
             let to = format!(
-                "ct mark {} ip daddr {} tcp dport {}",
+                "ct mark and 0xff == {} ip daddr {} tcp dport {}",
                 k + 1,
                 t.ip(),
                 t.port()
             );
             let from = format!(
-                "ct mark {} ip saddr {} tcp sport {}",
+                "ct mark and 0xff == {} ip saddr {} tcp sport {}",
                 k + 1,
                 t.ip(),
                 t.port()
@@ -558,9 +593,15 @@ impl KernelNlb {
     }
 
     /// Reads the named counters and conntrack's established flows.
-    fn read_counters(&self) -> Result<NlbMetrics, String> {
+    fn read_counters(&self, reconcile: bool) -> Result<NlbMetrics, String> {
         let p = &self.plan;
         let ns = p.netns.as_str();
+        // Listed before conntrack's table, so every element's flow is in the table by then.
+        let slots = if reconcile {
+            self.slot_elements()
+        } else {
+            None
+        };
         let json = run(
             "ip",
             &[
@@ -582,26 +623,30 @@ impl KernelNlb {
                 );
             }
         }
-        let conntrack = run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "conntrack",
-                "-L",
-                "-p",
-                "tcp",
-                "--state",
-                "ESTABLISHED",
-            ],
-        )
-        .unwrap_or_default();
+        let conntrack =
+            run("ip", &["netns", "exec", ns, "conntrack", "-L", "-p", "tcp"]).unwrap_or_default();
         let mut active = vec![0u64; p.nodes * p.targets.len()];
+        let mut holding = HashSet::new();
         for line in conntrack.lines() {
-            if let Some(pair) = flow_pair(line, p) {
+            let Some(pair) = flow_pair(line, p) else {
+                continue;
+            };
+            let state = flow_state(line);
+            if state == Some("ESTABLISHED") {
                 active[pair] += 1;
             }
+            if !matches!(state, Some("TIME_WAIT" | "CLOSE"))
+                && let Some(client) = flow_client(line)
+            {
+                holding.insert((pair, client));
+            }
+        }
+        if let Some(slots) = slots {
+            let stale: Vec<_> = slots
+                .into_iter()
+                .filter(|slot| !holding.contains(slot))
+                .collect();
+            delete_slots(p, &stale);
         }
         let registered: Vec<bool> = lock(&self.registered).iter().map(|r| r.0).collect();
         let mut metrics = empty_metrics(p, &registered);
@@ -610,7 +655,7 @@ impl KernelNlb {
             for i in 0..p.targets.len() {
                 let pair = CountersSnapshot {
                     active: active[k * p.targets.len() + i],
-                    new_flows: get(format!("new_{k}_{i}")).0,
+                    new_flows: self.new_flows[k * p.targets.len() + i].load(Ordering::Relaxed),
                     port_allocation_errors: get(format!("full_{k}_{i}")).0
                         + get(format!("rate_{k}_{i}")).0,
                     port_allocation_errors_concurrent: get(format!("full_{k}_{i}")).0,
@@ -634,8 +679,148 @@ impl KernelNlb {
     /// Removes everything `start` made; safe to call twice.
     pub fn teardown(&self) {
         if !self.torn_down.swap(true, Ordering::Relaxed) {
+            if let Some(mut child) = lock(&self.events).take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             undo(&self.plan.undo_file());
         }
+    }
+
+    /// Starts the slot keeper: `conntrack -E` in the namespace, read by one thread that
+    /// notes each admitted flow (NEW) and, when conntrack sees it close (TIME_WAIT, CLOSE) or
+    /// forgets it (DESTROY: idle timeout, termination), hands its slot to a second thread
+    /// that deletes the elements in batches. Returns once conntrack is subscribed, so no
+    /// flow's events are missed.
+    fn keep_slots(self: &Arc<Self>) -> Result<(), String> {
+        let ns = self.plan.netns.clone();
+        let mut child = Command::new("ip")
+            // Line-buffered: a pipe would hold a quiet minute's events in stdio's buffer.
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "stdbuf",
+                "-oL",
+                "conntrack",
+                "-E",
+                "-p",
+                "tcp",
+            ])
+            .args(["-e", "NEW,UPDATE,DESTROY", "-b", "67108864"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run `conntrack -E` in {ns}: {e}"))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err("conntrack -E: no pipes".into());
+        };
+        *lock(&self.events) = Some(child);
+        // Its first words on stderr (the buffer size it set) come after it subscribed.
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("nlb-kernel-events-err".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(stderr).lines();
+                let _ = ready_tx.send(lines.next().and_then(Result::ok));
+                for _ in lines {}
+            })
+            .map_err(|e| format!("cannot start the event reader: {e}"))?;
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(line)) if line.contains("buffer size") => {}
+            Ok(line) => {
+                return Err(format!(
+                    "`conntrack -E` in {ns} did not start: {}",
+                    line.unwrap_or_default()
+                ));
+            }
+            Err(_) => return Err(format!("`conntrack -E` in {ns} did not answer within 5 s")),
+        }
+        let (tx, rx) = mpsc::channel::<(usize, SocketAddrV4)>();
+        let plan = self.plan.clone();
+        let new_flows = Arc::clone(&self.new_flows);
+        std::thread::Builder::new()
+            .name("nlb-kernel-events".into())
+            .spawn(move || {
+                let mut admitted = HashSet::new();
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let (Some(pair), Some(client)) = (flow_pair(&line, &plan), flow_client(&line))
+                    else {
+                        continue;
+                    };
+                    let slot = (pair, client);
+                    let event = line.split_whitespace().next().unwrap_or_default();
+                    let closed = event == "[DESTROY]"
+                        || matches!(flow_state(&line), Some("TIME_WAIT" | "CLOSE"));
+                    if event == "[NEW]" {
+                        new_flows[pair].fetch_add(1, Ordering::Relaxed);
+                        admitted.insert(slot);
+                    } else if closed && admitted.remove(&slot) && tx.send(slot).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the event reader: {e}"))?;
+        let plan = self.plan.clone();
+        std::thread::Builder::new()
+            .name("nlb-kernel-slots".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    let until = std::time::Instant::now() + Duration::from_millis(20);
+                    while batch.len() < 4096 {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        match rx.recv_timeout(left) {
+                            Ok(slot) => batch.push(slot),
+                            Err(_) => break,
+                        }
+                    }
+                    delete_slots(&plan, &batch);
+                }
+            })
+            .map_err(|e| format!("cannot start the slot keeper: {e}"))?;
+        Ok(())
+    }
+
+    /// Every pair's slot set as it is now, or None when a set cannot be read.
+    fn slot_elements(&self) -> Option<Vec<(usize, SocketAddrV4)>> {
+        let p = &self.plan;
+        let mut all = Vec::new();
+        for pair in 0..p.nodes * p.targets.len() {
+            let (k, i) = (pair / p.targets.len(), pair % p.targets.len());
+            let json = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &p.netns,
+                    "nft",
+                    "-j",
+                    "list",
+                    "set",
+                    "ip",
+                    "nlb",
+                    &format!("slots_{k}_{i}"),
+                ],
+            )
+            .ok()?;
+            let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+            for item in value["nftables"].as_array().into_iter().flatten() {
+                for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+                    let parts = elem["concat"].as_array();
+                    let ip = parts.and_then(|c| c.first()).and_then(|v| v.as_str());
+                    let port = parts.and_then(|c| c.get(1)).and_then(|v| v.as_u64());
+                    if let (Some(ip), Some(port)) = (ip, port)
+                        && let (Ok(ip), Ok(port)) = (ip.parse(), u16::try_from(port))
+                    {
+                        all.push((pair, SocketAddrV4::new(ip, port)));
+                    }
+                }
+            }
+        }
+        Some(all)
     }
 }
 
@@ -645,6 +830,54 @@ impl Drop for KernelNlb {
     }
 }
 
+/// Deletes slots from their pairs' sets in one batch; if one of them is already gone (the
+/// batch is refused whole), one by one.
+fn delete_slots(p: &KernelPlan, slots: &[(usize, SocketAddrV4)]) {
+    if slots.is_empty() {
+        return;
+    }
+    let line = |(pair, client): &(usize, SocketAddrV4)| {
+        let (k, i) = (pair / p.targets.len(), pair % p.targets.len());
+        format!(
+            "delete element ip nlb slots_{k}_{i} {{ {} . {} }}\n",
+            client.ip(),
+            client.port()
+        )
+    };
+    let batch: String = slots.iter().map(line).collect();
+    if nft(&p.netns, &batch).is_err() {
+        for slot in slots {
+            let _ = nft(&p.netns, &line(slot));
+        }
+    }
+}
+
+/// A conntrack line's TCP state (`ESTABLISHED`, `TIME_WAIT`, ...), when it has one.
+fn flow_state(line: &str) -> Option<&str> {
+    line.split_whitespace().find(|w| {
+        matches!(
+            *w,
+            "SYN_SENT"
+                | "SYN_RECV"
+                | "ESTABLISHED"
+                | "FIN_WAIT"
+                | "CLOSE_WAIT"
+                | "LAST_ACK"
+                | "TIME_WAIT"
+                | "CLOSE"
+                | "SYN_SENT2"
+        )
+    })
+}
+
+/// A conntrack line's client: the original direction's source address and port.
+fn flow_client(line: &str) -> Option<SocketAddrV4> {
+    let words = || line.split_whitespace();
+    let ip = words().find_map(|w| w.strip_prefix("src="))?;
+    let port = words().find_map(|w| w.strip_prefix("sport="))?;
+    format!("{ip}:{port}").parse().ok()
+}
+
 /// Which (node, target) pair an `conntrack -L` line belongs to: its mark and reply source.
 fn flow_pair(line: &str, p: &KernelPlan) -> Option<usize> {
     let mut mark = None;
@@ -652,7 +885,8 @@ fn flow_pair(line: &str, p: &KernelPlan) -> Option<usize> {
     let mut sports = Vec::new();
     for field in line.split_whitespace() {
         if let Some(v) = field.strip_prefix("mark=") {
-            mark = v.parse::<usize>().ok();
+            // The low byte names the node; 0x100 marks a flow already counted as new.
+            mark = v.parse::<usize>().ok().map(|m| m & 0xff);
         } else if let Some(v) = field.strip_prefix("src=") {
             srcs.push(v);
         } else if let Some(v) = field.strip_prefix("sport=") {
@@ -694,7 +928,23 @@ fn empty_metrics(p: &KernelPlan, registered: &[bool]) -> NlbMetrics {
 
 impl Balancer for KernelNlb {
     fn metrics(&self) -> NlbMetrics {
-        lock(&self.latest).clone()
+        let mut m = lock(&self.latest).clone();
+        // New flows as of now, not of the last poll: a run's last second counts too.
+        let n = self.plan.targets.len();
+        m.total.new_flows = 0;
+        for node in &mut m.nodes {
+            node.counters.new_flows = 0;
+        }
+        for target in &mut m.targets {
+            target.counters.new_flows = 0;
+        }
+        for (pair, count) in self.new_flows.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            m.nodes[pair / n].counters.new_flows += count;
+            m.targets[pair % n].counters.new_flows += count;
+            m.total.new_flows += count;
+        }
+        m
     }
 
     fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
