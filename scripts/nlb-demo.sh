@@ -11,7 +11,7 @@
 # kernel`, namespace `snlbw`, 10.215.0.0/16): 82,500 connections from 5 agent processes and 8
 # source addresses, ramped at 2,500/s, against --ports-per-target 55000; the sink runs as 5
 # worker processes. One target: 55,000 established, 27,500 refused (connect timeouts). Two
-# targets: all 82,500. About two minutes; checks the counts and exits 1 if they differ.
+# targets: all 82,500. About 70 s here; checks the counts and exits 1 if they differ.
 #
 # Ports (below the ephemeral range): sinks 127.0.0.1:7000 and :7001, emulator 127.0.0.1:7100,
 # its admin endpoint 127.0.0.1:7101 (as the profiles name them). STAMPEDE=path overrides the

@@ -724,7 +724,18 @@ impl KernelNlb {
             .spawn(move || {
                 let mut lines = BufReader::new(stderr).lines();
                 let _ = ready_tx.send(lines.next().and_then(Result::ok));
-                for _ in lines {}
+                // Events the kernel could not queue are gone: say so once, since the counts
+                // built on them (NewFlowCount, prompt slot release) fall behind.
+                let mut warned = false;
+                for line in lines.map_while(Result::ok) {
+                    if !warned && line.contains("ENOBUFS") {
+                        warned = true;
+                        eprintln!(
+                            "stampede nlb: conntrack dropped events (ENOBUFS): NewFlowCount \
+                             undercounts, and closed flows' ports wait for the 5 s check"
+                        );
+                    }
+                }
             })
             .map_err(|e| format!("cannot start the event reader: {e}"))?;
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
