@@ -119,6 +119,59 @@ coordinator for the lease (5 s by default), it closes every connection and exits
   stampede doctor
   stampede doctor profiles/many-sources.json --set connections=100000")]
     Doctor(DoctorArgs),
+    /// Write the HTML report of a finished run (its --out directory).
+    #[command(after_help = "Examples:
+  stampede report results/
+  stampede report results/ --html /tmp/rehearsal.html
+
+One self-contained file (inline SVG charts, no scripts, nothing fetched): open it from disk or
+a CI artifact. `run` and `coordinator` write DIR/report.html themselves with --out (unless
+--no-report).
+Exit codes: 0 written, 2 the directory holds no readable run, 3 the report cannot be written.")]
+    Report(ReportArgs),
+    /// Compare two runs figure by figure and gate on regressions.
+    #[command(after_help = "Examples:
+  stampede compare baseline/ results/
+  stampede compare baseline/summary.json results/ --fail-if 'connect_p99 > +10%' \\
+      --fail-if 'established_ratio < -0.001' --fail-if 'phases.2.recovery_100_s > +2s' \\
+      --junit compare.xml --html compare.html
+
+A gate `METRIC OP CHANGE` regresses when NEW minus BASE satisfies it; CHANGE is a signed
+number in the figure's unit, a time (+5ms, +2s) or a percentage of BASE (+10%). Figures are
+named as in profile thresholds; without gates every figure is listed and nothing judged. A
+gate on a figure one run lacks (no samples) regresses: it cannot be shown not to.
+Exit codes: 0 no regression, 1 a gate regressed, 2 bad input (unreadable run, bad gate,
+different profiles without --allow-different-profiles), 3 an output cannot be written.")]
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A run's --out directory (summary.json, latency.hlog, profile.json).
+    pub dir: PathBuf,
+    /// Where to write the page (default DIR/report.html).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The baseline: an --out directory or its summary.json.
+    pub base: PathBuf,
+    /// The run to judge: an --out directory or its summary.json.
+    pub new: PathBuf,
+    /// Regression gate 'METRIC OP CHANGE', e.g. 'connect_p99 > +10%' (repeatable).
+    #[arg(long = "fail-if", value_name = "GATE")]
+    pub fail_if: Vec<String>,
+    /// Write the gates as JUnit test cases to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write both runs on the same axes as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// Compare runs of different profiles (refused by default: their figures differ in meaning).
+    #[arg(long)]
+    pub allow_different_profiles: bool,
 }
 
 #[derive(Args, Debug)]
@@ -128,9 +181,12 @@ pub struct RunArgs {
     /// Override a profile field: PATH=VALUE (VALUE is JSON, or a plain string).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
-    /// Write summary.json and latency.hlog into this directory.
+    /// Write summary.json, latency.hlog, profile.json and report.html into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// With --out: do not write report.html (`stampede report DIR` writes it later).
+    #[arg(long)]
+    pub no_report: bool,
     /// Write the thresholds as JUnit test cases to this file.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -176,9 +232,12 @@ pub struct CoordinatorArgs {
     /// Override a profile field: PATH=VALUE.
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
-    /// Write summary.json and latency.hlog into this directory.
+    /// Write summary.json, latency.hlog, profile.json and report.html into this directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// With --out: do not write report.html (`stampede report DIR` writes it later).
+    #[arg(long)]
+    pub no_report: bool,
     /// Write the thresholds as JUnit test cases to this file.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
@@ -607,6 +666,17 @@ pub async fn main(cli: Cli) -> i32 {
         Command::Sink(args) => sink_command(args).await,
         Command::SinkAdmin(args) => sink_admin_command(args).await,
         Command::Nlb(args) => nlb_command(args).await,
+        Command::Report(args) => crate::report::html::command(&args.dir, args.html.as_deref()),
+        Command::Compare(args) => {
+            crate::report::compare::command(crate::report::compare::CompareOptions {
+                base: args.base,
+                new: args.new,
+                fail_if: args.fail_if,
+                junit: args.junit,
+                html: args.html,
+                allow_different_profiles: args.allow_different_profiles,
+            })
+        }
         Command::Profile(ProfileCommand::Check {
             file,
             set,
@@ -735,8 +805,12 @@ async fn run_command(args: RunArgs) -> i32 {
     let dashboard = views.has_dashboard();
     let options = RunOptions {
         profile,
-        out_dir: args.out,
-        junit: args.junit,
+        outputs: Outputs {
+            out_dir: args.out,
+            junit: args.junit,
+            report: !args.no_report,
+            profile_json: Some(profile_json.clone()),
+        },
         workers: args.workers.map(usize::from),
         allow_overcommit: args.allow_overcommit,
         progress: views.progress(args.quiet),
@@ -752,10 +826,7 @@ async fn run_command(args: RunArgs) -> i32 {
                     profile_json,
                     agents,
                     workers: options.workers,
-                    outputs: Outputs {
-                        out_dir: options.out_dir,
-                        junit: options.junit,
-                    },
+                    outputs: options.outputs,
                     progress: options.progress,
                     control_rx: options.control_rx,
                     live_tx: options.live_tx,
@@ -840,7 +911,7 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
     let dashboard = views.has_dashboard();
     let run = coordinator::run(CoordinatorOptions {
         profile,
-        profile_json,
+        profile_json: profile_json.clone(),
         listener,
         agents: usize::from(args.agents),
         token,
@@ -851,6 +922,8 @@ async fn coordinator_command(args: CoordinatorArgs) -> i32 {
         outputs: Outputs {
             out_dir: args.out,
             junit: args.junit,
+            report: !args.no_report,
+            profile_json: Some(profile_json.clone()),
         },
         progress: views.progress(args.quiet),
         control_rx,
@@ -935,6 +1008,9 @@ async fn agent_command(args: AgentArgs) -> i32 {
         outputs: Outputs {
             out_dir: args.out,
             junit: None,
+            // An agent's --out holds its share only; the coordinator reports the run.
+            report: false,
+            profile_json: None,
         },
         quiet: args.quiet,
         synthetic: args.synthetic.is_some(),

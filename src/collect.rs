@@ -38,6 +38,10 @@ pub enum Progress {
 pub struct Outputs {
     pub out_dir: Option<PathBuf>,
     pub junit: Option<PathBuf>,
+    /// With `out_dir`: write report.html (from what was written there) at the end.
+    pub report: bool,
+    /// With `out_dir`: the profile as run (after `--set`), written as profile.json.
+    pub profile_json: Option<serde_json::Value>,
 }
 
 /// The finished run: its summary and the process exit code it implies.
@@ -373,6 +377,18 @@ impl Collector {
                     }
                 }
                 Err(e) => write_errors.push(format!("summary.json: {e}")),
+            }
+            if let Some(profile) = &outputs.profile_json {
+                let json = serde_json::to_string_pretty(profile).unwrap_or_default();
+                if let Err(e) = std::fs::write(dir.join("profile.json"), json + "\n") {
+                    write_errors.push(format!("profile.json: {e}"));
+                }
+            }
+            if outputs.report
+                && write_errors.is_empty()
+                && let Err(e) = crate::report::html::write_for_dir(dir, None)
+            {
+                write_errors.push(e);
             }
         }
         if let Some(path) = &outputs.junit

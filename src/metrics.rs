@@ -488,6 +488,38 @@ pub struct TimelinePoint {
     pub reconnects: u64,
     pub closes: u64,
     pub errors: u64,
+    /// `errors` by kind; only the kinds that occurred are written.
+    #[serde(skip_serializing_if = "ErrorsByKind::is_empty")]
+    pub error_kinds: ErrorsByKind,
+    /// Connections the plan wanted open at the end of the second (filled in by the summary,
+    /// which knows the phases).
+    pub wanted: u64,
+}
+
+/// Error counts by kind, written as an object holding only the kinds that occurred (a
+/// timeline has one per second, so the zeros would dominate the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ErrorsByKind(pub [u64; ErrorKind::COUNT]);
+
+impl ErrorsByKind {
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|n| *n == 0)
+    }
+}
+
+impl Serialize for ErrorsByKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let present = self.0.iter().filter(|n| **n > 0).count();
+        let mut map = serializer.serialize_map(Some(present))?;
+        for kind in ErrorKind::ALL {
+            let n = self.0[kind as usize];
+            if n > 0 {
+                map.serialize_entry(kind.name(), &n)?;
+            }
+        }
+        map.end()
+    }
 }
 
 /// Merges snapshots from many reporters into run totals, interval by interval.
@@ -583,6 +615,8 @@ impl Aggregate {
                 reconnects: c.reconnects,
                 closes: c.closed,
                 errors: c.error_total(),
+                error_kinds: ErrorsByKind(c.errors),
+                wanted: 0,
             });
             done.push(CompletedInterval {
                 seq,

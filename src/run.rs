@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +43,7 @@ impl RunError {
 
 pub struct RunOptions {
     pub profile: Profile,
-    pub out_dir: Option<PathBuf>,
-    pub junit: Option<PathBuf>,
+    pub outputs: Outputs,
     /// Worker threads; default: one per core, no more than connections.
     pub workers: Option<usize>,
     /// Run even if the source pool cannot hold the plan (to show the port wall).
@@ -246,10 +244,7 @@ pub async fn execute(mut options: RunOptions) -> Result<RunResult, RunError> {
         .map_err(RunError::Plan)?;
     let profile = &options.profile;
     let spans = timeline::spans(profile);
-    let outputs = Outputs {
-        out_dir: options.out_dir.clone(),
-        junit: options.junit.clone(),
-    };
+    let outputs = options.outputs.clone();
     let hlog = open_outputs(&outputs, &profile.name).map_err(RunError::Plan)?;
 
     let mut pool = preflight.pool;

@@ -570,7 +570,17 @@ impl Summary {
                 .map(|(addr, counts)| ScopeCounts::of(addr, counts))
                 .collect(),
             phases,
-            timeline: aggregate.timeline.clone(),
+            timeline: aggregate
+                .timeline
+                .iter()
+                .map(|p| TimelinePoint {
+                    wanted: crate::profile::timeline::phase_level(
+                        facts.spans,
+                        std::time::Duration::from_secs(p.second + 1),
+                    ),
+                    ..*p
+                })
+                .collect(),
             missing: missing_agents(&facts.agents, &aggregate.timeline),
             agents: facts.agents,
             start_spread_ms: facts.start_spread_ms,
@@ -682,6 +692,8 @@ mod tests {
                 reconnects: 0,
                 closes: 0,
                 errors: 0,
+                error_kinds: Default::default(),
+                wanted: 0,
             })
             .collect();
         let agents = [

@@ -72,8 +72,7 @@ pub fn options(profile: &Value, workers: usize) -> (RunOptions, ControlTx, LiveR
     let (live_tx, live_rx) = tokio::sync::watch::channel(None);
     let options = RunOptions {
         profile,
-        out_dir: None,
-        junit: None,
+        outputs: Default::default(),
         workers: Some(workers),
         allow_overcommit: false,
         progress: Progress::Silent,
@@ -87,7 +86,7 @@ pub fn options(profile: &Value, workers: usize) -> (RunOptions, ControlTx, LiveR
 pub async fn run_json(profile: &Value, allow_overcommit: bool, out: Option<&Path>) -> RunResult {
     let (mut options, _control_tx, _live_rx) = options(profile, 2);
     options.allow_overcommit = allow_overcommit;
-    options.out_dir = out.map(Path::to_path_buf);
+    options.outputs.out_dir = out.map(Path::to_path_buf);
     run::execute(options).await.expect("run starts")
 }
 

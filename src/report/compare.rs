@@ -1,0 +1,926 @@
+//! `stampede compare BASE NEW`: every figure of two runs side by side, regression gates
+//! (`--fail-if 'connect_p99 > +10%'`), JUnit and an HTML page with both runs on the same axes.
+//!
+//! Figures are named as in profile thresholds (`connect_p99`, `established_ratio`,
+//! `phases.2.recovery_100_s`, `errors.refused`), plus the ones only a comparison needs
+//! (`recovery_p99`, `phases.N.peak_connects_per_s`, `nlb.PortAllocationErrorCount`).
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use crate::metrics::ErrorKind;
+use crate::report::chart::{self, Chart, PALETTE, Series, Unit, esc};
+use crate::report::html::{self, MAX_POINTS, Run, num};
+
+/// What a figure measures, which decides how a change reads and which units a gate may use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Micros,
+    Seconds,
+    Ratio,
+    Count,
+}
+
+/// Which way is worse, for colouring the table (gates decide regressions, not this).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Worse {
+    Higher,
+    Lower,
+    Neither,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    pub name: String,
+    pub value: f64,
+    pub kind: Kind,
+    pub worse: Worse,
+}
+
+/// Latency families in summary.json and their names in figures and thresholds.
+const LATENCY: [(&str, &str); 6] = [
+    ("connect", "connect"),
+    ("connect_service", "connect_service"),
+    ("heartbeat_rtt", "heartbeat"),
+    ("handshake", "handshake"),
+    ("delivery", "delivery"),
+    ("recovery", "recovery"),
+];
+const STATS: [&str; 7] = ["p50", "p90", "p99", "p999", "max", "mean", "min"];
+
+/// Every figure a summary holds, in a fixed order. Latency statistics without samples and
+/// phase figures that do not apply are absent (not zero), so a gate on them cannot pass by
+/// accident.
+pub fn figures(s: &Value) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let mut push = |name: String, value: Option<f64>, kind: Kind, worse: Worse| {
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            out.push(Figure {
+                name,
+                value,
+                kind,
+                worse,
+            });
+        }
+    };
+    for (name, path) in [
+        ("established_ratio", "connections.established_ratio"),
+        ("connected_ratio", "connections.connected_ratio"),
+        ("open_at_end_ratio", "connections.open_at_end_ratio"),
+    ] {
+        push(name.into(), num(s, path), Kind::Ratio, Worse::Lower);
+    }
+    for (name, path, worse) in [
+        ("established", "connections.established", Worse::Neither),
+        ("connected", "connections.connected", Worse::Neither),
+        ("attempts", "connections.attempts", Worse::Neither),
+        ("peak_open", "connections.peak_open", Worse::Lower),
+        ("open_at_end", "connections.open_at_end", Worse::Lower),
+        ("reconnects", "connections.reconnects", Worse::Neither),
+        ("given_up", "connections.given_up", Worse::Higher),
+        (
+            "peak_reconnects_per_s",
+            "connections.peak_reconnects_per_s",
+            Worse::Neither,
+        ),
+        ("connects_per_s", "connections.connects_per_s", Worse::Lower),
+        ("heartbeats_sent", "heartbeats.sent", Worse::Neither),
+        ("heartbeats_answered", "heartbeats.answered", Worse::Neither),
+        ("published", "messages.published", Worse::Neither),
+        ("received", "messages.received", Worse::Lower),
+    ] {
+        push(name.into(), num(s, path), Kind::Count, worse);
+    }
+    push(
+        "last_established_s".into(),
+        num(s, "connections.last_established_s"),
+        Kind::Seconds,
+        Worse::Higher,
+    );
+    let errors = s.get("errors");
+    let total = errors
+        .and_then(Value::as_object)
+        .map(|m| m.values().filter_map(Value::as_f64).sum::<f64>());
+    push("errors".into(), total, Kind::Count, Worse::Higher);
+    for kind in ErrorKind::ALL {
+        push(
+            format!("errors.{}", kind.name()),
+            errors.and_then(|e| num(e, kind.name())),
+            Kind::Count,
+            Worse::Higher,
+        );
+    }
+    for (family, name) in LATENCY {
+        for stat in STATS {
+            push(
+                format!("{name}_{stat}"),
+                num(s, &format!("latency_us.{family}.{stat}")),
+                Kind::Micros,
+                Worse::Higher,
+            );
+        }
+    }
+    for p in s
+        .get("phases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(i) = num(p, "index") else { continue };
+        let name = |figure: &str| format!("phases.{i}.{figure}");
+        push(
+            name("recovered_ratio"),
+            num(p, "recovered_ratio"),
+            Kind::Ratio,
+            Worse::Lower,
+        );
+        for key in ["recovery_99_s", "recovery_100_s"] {
+            push(name(key), num(p, key), Kind::Seconds, Worse::Higher);
+        }
+        push(
+            name("peak_connects_per_s"),
+            num(p, "peak_connects_per_s"),
+            Kind::Count,
+            Worse::Neither,
+        );
+        push(
+            name("connect_p99"),
+            num(p, "connect_p99_us"),
+            Kind::Micros,
+            Worse::Higher,
+        );
+        push(
+            name("reconnects"),
+            num(p, "reconnects"),
+            Kind::Count,
+            Worse::Neither,
+        );
+        push(
+            name("given_up"),
+            num(p, "given_up"),
+            Kind::Count,
+            Worse::Higher,
+        );
+    }
+    if let Some(nlb) = s.get("nlb") {
+        push(
+            "nlb.peak_active_flows".into(),
+            num(nlb, "peak_active_flows"),
+            Kind::Count,
+            Worse::Neither,
+        );
+        for (key, v) in nlb
+            .get("total")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let worse = if key.contains("Error") || key.contains("Reset") {
+                Worse::Higher
+            } else {
+                Worse::Neither
+            };
+            push(format!("nlb.{key}"), v.as_f64(), Kind::Count, worse);
+        }
+    }
+    push(
+        "duration_s".into(),
+        num(s, "duration_s"),
+        Kind::Seconds,
+        Worse::Neither,
+    );
+    out
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+/// How a gate's limit reads: a percentage of the base, or a plain difference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Change {
+    Percent(f64),
+    /// In the figure's own unit (microseconds for latencies, seconds for recovery times).
+    Absolute(f64),
+}
+
+/// `--fail-if 'METRIC OP CHANGE'`: the run regressed when NEW minus BASE satisfies it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gate {
+    pub text: String,
+    pub metric: String,
+    op: Op,
+    change: Change,
+}
+
+const GATE_HELP: &str = "expected METRIC OP CHANGE, e.g. 'connect_p99 > +10%', 'established_ratio < -0.001', 'recovery_100_s > +2s' (OP one of >, >=, <, <=; CHANGE a signed number, with % for a change relative to BASE, or a unit: us, ms, s for times)";
+
+impl Gate {
+    pub fn parse(text: &str) -> Result<Gate, String> {
+        let ops = [(">=", Op::Ge), ("<=", Op::Le), (">", Op::Gt), ("<", Op::Lt)];
+        let (metric, op, value) = ops
+            .iter()
+            .find_map(|(token, op)| {
+                text.split_once(token)
+                    .map(|(l, r)| (l.trim(), *op, r.trim()))
+            })
+            .ok_or_else(|| format!("--fail-if {text:?}: {GATE_HELP}"))?;
+        if metric.is_empty() || value.is_empty() {
+            return Err(format!("--fail-if {text:?}: {GATE_HELP}"));
+        }
+        let bad_number = || format!("--fail-if {text:?}: {value:?} is not a change; {GATE_HELP}");
+        let (number, unit) = split_unit(value);
+        let n: f64 = number.parse().map_err(|_| bad_number())?;
+        if !n.is_finite() {
+            return Err(bad_number());
+        }
+        let kind = metric_kind(metric).ok_or_else(|| {
+            format!(
+                "--fail-if {text:?}: unknown figure {metric:?}; figures are named as in thresholds: established_ratio, open_at_end_ratio, errors, errors.<kind>, given_up, <latency>_<stat> (connect, connect_service, heartbeat, handshake, delivery, recovery; p50, p90, p99, p999, max, mean, min), phases.<N>.<recovered_ratio|recovery_99_s|recovery_100_s|peak_connects_per_s|connect_p99>, nlb.<CloudWatch name>; `stampede compare BASE NEW` lists every one"
+            )
+        })?;
+        let change = match unit {
+            "%" => Change::Percent(n),
+            "" if kind == Kind::Micros => {
+                return Err(format!(
+                    "--fail-if {text:?}: {metric} is a latency; write the change with a unit (+5ms, +500us) or as a percentage (+10%)"
+                ));
+            }
+            "" => Change::Absolute(n),
+            "us" | "µs" | "ms" | "s" => {
+                let seconds = n * match unit {
+                    "s" => 1.0,
+                    "ms" => 1e-3,
+                    _ => 1e-6,
+                };
+                match kind {
+                    Kind::Micros => Change::Absolute(seconds * 1e6),
+                    Kind::Seconds => Change::Absolute(seconds),
+                    _ => {
+                        return Err(format!(
+                            "--fail-if {text:?}: {metric} is not a time; write a plain number or a percentage"
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "--fail-if {text:?}: unknown unit {other:?}; use %, us, ms or s"
+                ));
+            }
+        };
+        Ok(Gate {
+            text: text.to_string(),
+            metric: metric.to_string(),
+            op,
+            change,
+        })
+    }
+
+    /// Whether the change from `base` to `new` is a regression, and the change as read.
+    fn judge(&self, base: f64, new: f64) -> (bool, f64) {
+        let (observed, limit) = match self.change {
+            Change::Percent(p) => (relative(base, new), p),
+            Change::Absolute(a) => (new - base, a),
+        };
+        let hit = match self.op {
+            Op::Gt => observed > limit,
+            Op::Ge => observed >= limit,
+            Op::Lt => observed < limit,
+            Op::Le => observed <= limit,
+        };
+        (hit, observed)
+    }
+}
+
+fn split_unit(value: &str) -> (&str, &str) {
+    let at = value
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || matches!(c, '+' | '-' | '.' | 'e' | 'E')))
+        .map_or(value.len(), |(i, _)| i);
+    (value[..at].trim(), value[at..].trim())
+}
+
+/// The kind of a figure name, whether or not a run has it; `None` for a name no run can have.
+fn metric_kind(name: &str) -> Option<Kind> {
+    if let Some(rest) = name.strip_prefix("phases.") {
+        let (index, figure) = rest.split_once('.')?;
+        index.parse::<usize>().ok()?;
+        return match figure {
+            "recovered_ratio" => Some(Kind::Ratio),
+            "recovery_99_s" | "recovery_100_s" => Some(Kind::Seconds),
+            "peak_connects_per_s" | "reconnects" | "given_up" => Some(Kind::Count),
+            "connect_p99" => Some(Kind::Micros),
+            _ => None,
+        };
+    }
+    if let Some(kind) = name.strip_prefix("errors.") {
+        return ErrorKind::from_name(kind).map(|_| Kind::Count);
+    }
+    if name.starts_with("nlb.") && name.len() > 4 {
+        return Some(Kind::Count);
+    }
+    for (_, family) in LATENCY {
+        if let Some(stat) = name.strip_prefix(family).and_then(|r| r.strip_prefix('_'))
+            && STATS.contains(&stat)
+        {
+            return Some(Kind::Micros);
+        }
+    }
+    // Everything else a summary has: take the kind from a summary with every field.
+    let example = figures(&serde_json::json!({
+        "connections": {"established_ratio": 1, "connected_ratio": 1, "open_at_end_ratio": 1,
+            "established": 0, "connected": 0, "attempts": 0, "peak_open": 0, "open_at_end": 0,
+            "reconnects": 0, "given_up": 0, "peak_reconnects_per_s": 0, "connects_per_s": 0,
+            "last_established_s": 0},
+        "heartbeats": {"sent": 0, "answered": 0}, "messages": {"published": 0, "received": 0},
+        "errors": {}, "duration_s": 0
+    }));
+    example.into_iter().find(|f| f.name == name).map(|f| f.kind)
+}
+
+/// Percent change from `base` to `new`; infinite when only `new` is non-zero.
+fn relative(base: f64, new: f64) -> f64 {
+    if base == new {
+        0.0
+    } else if base == 0.0 {
+        if new > 0.0 {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }
+    } else {
+        (new - base) / base.abs() * 100.0
+    }
+}
+
+/// One gate's verdict.
+#[derive(Clone, Debug)]
+pub struct GateResult {
+    pub gate: Gate,
+    pub regressed: bool,
+    /// What was seen, in words: "+25.3 % (130.4ms to 163.4ms)" or "not measured in NEW".
+    pub observed: String,
+}
+
+/// The whole comparison.
+pub struct Comparison {
+    pub base: Run,
+    pub new: Run,
+    /// (name, base, new, kind, worse), every figure either run has.
+    pub rows: Vec<Row>,
+    pub gates: Vec<GateResult>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub base: Option<f64>,
+    pub new: Option<f64>,
+    pub kind: Kind,
+    pub worse: Worse,
+}
+
+impl Comparison {
+    /// Compares two loaded runs; refuses runs of different profiles unless `allow_different`.
+    pub fn new(
+        base: Run,
+        new: Run,
+        gates: Vec<Gate>,
+        allow_different: bool,
+    ) -> Result<Comparison, String> {
+        if base.profile_name() != new.profile_name() && !allow_different {
+            return Err(format!(
+                "BASE ran profile {:?} and NEW ran profile {:?}: their figures do not measure the same thing; compare runs of one profile, or pass --allow-different-profiles to compare them anyway",
+                base.profile_name(),
+                new.profile_name()
+            ));
+        }
+        let (fb, fnew) = (figures(&base.summary), figures(&new.summary));
+        let mut rows: Vec<Row> = Vec::new();
+        for f in fb.iter().chain(&fnew) {
+            if rows.iter().any(|r| r.name == f.name) {
+                continue;
+            }
+            let find = |list: &[Figure]| list.iter().find(|g| g.name == f.name).map(|g| g.value);
+            rows.push(Row {
+                name: f.name.clone(),
+                base: find(&fb),
+                new: find(&fnew),
+                kind: f.kind,
+                worse: f.worse,
+            });
+        }
+        let gates = gates
+            .into_iter()
+            .map(|gate| {
+                let row = rows.iter().find(|r| r.name == gate.metric);
+                match row.map(|r| (r.base, r.new, r.kind)) {
+                    Some((Some(b), Some(n), kind)) => {
+                        let (regressed, change) = gate.judge(b, n);
+                        let change = match gate.change {
+                            Change::Percent(_) => format!("{change:+.1} %"),
+                            Change::Absolute(_) => signed(change, kind),
+                        };
+                        GateResult {
+                            observed: format!(
+                                "{change} ({} to {})",
+                                format_value(b, kind),
+                                format_value(n, kind)
+                            ),
+                            gate,
+                            regressed,
+                        }
+                    }
+                    other => {
+                        let missing = match other {
+                            Some((Some(_), None, _)) => "not measured in NEW",
+                            Some((None, Some(_), _)) => "not measured in BASE",
+                            _ => "measured in neither run",
+                        };
+                        GateResult {
+                            observed: format!("{missing}: cannot show it did not regress"),
+                            gate,
+                            regressed: true,
+                        }
+                    }
+                }
+            })
+            .collect();
+        Ok(Comparison {
+            base,
+            new,
+            rows,
+            gates,
+        })
+    }
+
+    pub fn regressions(&self) -> usize {
+        self.gates.iter().filter(|g| g.regressed).count()
+    }
+
+    /// The terminal table.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "stampede compare\n  BASE {} (profile {}, {})\n  NEW  {} (profile {}, {})",
+            self.base.label,
+            self.base.profile_name(),
+            outcome(&self.base),
+            self.new.label,
+            self.new.profile_name(),
+            outcome(&self.new)
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:>14} {:>14} {:>14} {:>10}",
+            "figure", "base", "new", "change", "relative"
+        );
+        for r in &self.rows {
+            // Error kinds that occurred in neither run say nothing.
+            if r.name.starts_with("errors.")
+                && r.base.unwrap_or(0.0) == 0.0
+                && r.new.unwrap_or(0.0) == 0.0
+            {
+                continue;
+            }
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(v, r.kind));
+            let (change, rel) = match (r.base, r.new) {
+                (Some(b), Some(n)) => (signed(n - b, r.kind), percent(relative(b, n))),
+                _ => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                out,
+                "{:<34} {:>14} {:>14} {:>14} {:>10}",
+                r.name,
+                cell(r.base),
+                cell(r.new),
+                change,
+                rel
+            );
+        }
+        if !self.gates.is_empty() {
+            let _ = writeln!(out, "gates");
+            for g in &self.gates {
+                let _ = writeln!(
+                    out,
+                    "  {}  {:<36} {}",
+                    if g.regressed { "FAIL" } else { "pass" },
+                    g.gate.text,
+                    g.observed
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "result: {}",
+            match self.regressions() {
+                0 if self.gates.is_empty() =>
+                    "no gates given (--fail-if), nothing judged".to_string(),
+                0 => format!("no regression ({} gate(s) passed)", self.gates.len()),
+                n => format!("{n} regression(s) of {} gate(s)", self.gates.len()),
+            }
+        );
+        out
+    }
+
+    /// The gates as JUnit test cases (a comparison without gates: one passing case).
+    pub fn junit(&self) -> String {
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            out,
+            r#"<testsuites><testsuite name="stampede compare {}" tests="{}" failures="{}">"#,
+            esc(self.new.profile_name()),
+            self.gates.len().max(1),
+            self.regressions()
+        );
+        if self.gates.is_empty() {
+            out.push_str(r#"<testcase classname="stampede.compare" name="compare (no gates)"/>"#);
+            out.push('\n');
+        }
+        for g in &self.gates {
+            let _ = write!(
+                out,
+                r#"<testcase classname="stampede.compare" name="{}">"#,
+                esc(&g.gate.text)
+            );
+            if g.regressed {
+                let _ = write!(
+                    out,
+                    r#"<failure message="{}">{}</failure>"#,
+                    esc(&g.observed),
+                    esc(&format!("{}: {}", g.gate.text, g.observed))
+                );
+            } else {
+                let _ = write!(out, "<system-out>{}</system-out>", esc(&g.observed));
+            }
+            out.push_str("</testcase>\n");
+        }
+        out.push_str("</testsuite></testsuites>\n");
+        out
+    }
+
+    /// Both runs on the same axes: BASE solid, NEW dashed.
+    pub fn html(&self) -> String {
+        let mut body = String::new();
+        let _ = write!(
+            body,
+            "<h1>stampede compare</h1><table><tr><th></th><th>run</th><th>profile</th><th>outcome</th><th>duration</th></tr>{}{}</table>",
+            run_row("BASE (solid)", &self.base),
+            run_row("NEW (dashed)", &self.new)
+        );
+        body.push_str("<h2>Gates</h2>");
+        if self.gates.is_empty() {
+            body.push_str("<p>No --fail-if gates: nothing judged.</p>");
+        } else {
+            body.push_str("<table><tr><th>gate</th><th>result</th><th>observed</th></tr>");
+            for g in &self.gates {
+                let _ = write!(
+                    body,
+                    r#"<tr><td>{}</td><td class="{}">{}</td><td>{}</td></tr>"#,
+                    esc(&g.gate.text),
+                    if g.regressed { "fail" } else { "pass" },
+                    if g.regressed { "REGRESSED" } else { "pass" },
+                    esc(&g.observed)
+                );
+            }
+            body.push_str("</table>");
+        }
+        let runs = [(&self.base, " (base)"), (&self.new, " (new)")];
+        body.push_str("<h2>Over time (seconds since each run started)</h2>");
+        body.push_str(&html::connections_chart(&runs).svg());
+        let mut rates = Chart::new(
+            "rates",
+            "Connects per second and errors per second",
+            Unit::Count,
+        );
+        rates.y_label = "per second".into();
+        for (i, (run, suffix)) in runs.iter().enumerate() {
+            let style = |s: Series| if i == 1 { s.dashed() } else { s };
+            rates.lines.push(style(Series::new(
+                format!("connects{suffix}"),
+                PALETTE[0],
+                run.timeline_series("connects", false),
+            )));
+            rates.lines.push(style(Series::new(
+                format!("errors{suffix}"),
+                PALETTE[1],
+                run.timeline_series("errors", false),
+            )));
+        }
+        body.push_str(&rates.svg());
+        for (tag, name) in [("connect", "connect"), ("heartbeat_rtt", "heartbeat")] {
+            let mut c = Chart::new(
+                if tag == "connect" {
+                    "latency-connect"
+                } else {
+                    "latency-heartbeat"
+                },
+                format!("{name} latency p50 and p99 per interval"),
+                Unit::Micros,
+            );
+            c.log_y = true;
+            for (i, (run, suffix)) in runs.iter().enumerate() {
+                let Some(intervals) = &run.intervals else {
+                    continue;
+                };
+                for (j, (q, label)) in [(0.5, "p50"), (0.99, "p99")].into_iter().enumerate() {
+                    let s = Series::new(
+                        format!("{label}{suffix}"),
+                        PALETTE[j * 2],
+                        intervals.percentile_series(tag, q, MAX_POINTS),
+                    );
+                    c.lines.push(if i == 1 { s.dashed() } else { s });
+                }
+            }
+            body.push_str(&c.svg());
+        }
+        let mut dists = Vec::new();
+        if let Some(i) = &self.base.intervals {
+            dists.push((i, " (base)", false));
+        }
+        if let Some(i) = &self.new.intervals {
+            dists.push((i, " (new)", true));
+        }
+        body.push_str("<h2>Latency distribution (whole run)</h2>");
+        body.push_str(&html::distribution_chart(&dists).svg());
+        body.push_str("<h2>Every figure</h2><table><tr><th>figure</th><th>base</th><th>new</th><th>change</th><th>relative</th></tr>");
+        for r in &self.rows {
+            if r.name.starts_with("errors.")
+                && r.base.unwrap_or(0.0) == 0.0
+                && r.new.unwrap_or(0.0) == 0.0
+            {
+                continue;
+            }
+            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(v, r.kind));
+            let (change, rel, class) = match (r.base, r.new) {
+                (Some(b), Some(n)) => {
+                    let class = match r.worse {
+                        Worse::Higher if n > b => "worse",
+                        Worse::Lower if n < b => "worse",
+                        Worse::Higher if n < b => "better",
+                        Worse::Lower if n > b => "better",
+                        _ => "",
+                    };
+                    (signed(n - b, r.kind), percent(relative(b, n)), class)
+                }
+                _ => ("-".into(), "-".into(), ""),
+            };
+            let _ = write!(
+                body,
+                r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="{class}">{}</td><td class="{class}">{}</td></tr>"#,
+                esc(&r.name),
+                cell(r.base),
+                cell(r.new),
+                esc(&change),
+                esc(&rel)
+            );
+        }
+        body.push_str("</table>");
+        html::page(
+            &format!(
+                "stampede compare: {} vs {}",
+                self.base.profile_name(),
+                self.new.profile_name()
+            ),
+            &body,
+        )
+    }
+}
+
+/// What `stampede compare` was asked.
+pub struct CompareOptions {
+    pub base: std::path::PathBuf,
+    pub new: std::path::PathBuf,
+    pub fail_if: Vec<String>,
+    pub junit: Option<std::path::PathBuf>,
+    pub html: Option<std::path::PathBuf>,
+    pub allow_different_profiles: bool,
+}
+
+/// `stampede compare`; returns the exit code. Everything is checked before anything is
+/// written: bad input leaves no half-written file.
+pub fn command(o: CompareOptions) -> i32 {
+    let prepared = (|| {
+        let gates = o
+            .fail_if
+            .iter()
+            .map(|t| Gate::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = Run::load(&o.base).map_err(|e| format!("BASE {e}"))?;
+        let new = Run::load(&o.new).map_err(|e| format!("NEW {e}"))?;
+        Comparison::new(base, new, gates, o.allow_different_profiles)
+    })();
+    let comparison = match prepared {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stampede compare: {e}");
+            return 2;
+        }
+    };
+    print!("{}", comparison.text());
+    let mut code = if comparison.regressions() > 0 { 1 } else { 0 };
+    let outputs = [
+        (o.junit.as_ref(), comparison.junit()),
+        (o.html.as_ref(), comparison.html()),
+    ];
+    for (path, content) in outputs {
+        if let Some(path) = path
+            && let Err(e) = std::fs::write(path, content)
+        {
+            eprintln!("stampede compare: {}: cannot write: {e}", path.display());
+            code = 3;
+        }
+    }
+    code
+}
+
+fn run_row(role: &str, run: &Run) -> String {
+    format!(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        esc(role),
+        esc(&run.label),
+        esc(run.profile_name()),
+        esc(&outcome(run).to_uppercase()),
+        Unit::Seconds.format(num(&run.summary, "duration_s").unwrap_or(0.0))
+    )
+}
+
+fn outcome(run: &Run) -> &str {
+    run.summary
+        .get("outcome")
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+}
+
+fn format_value(v: f64, kind: Kind) -> String {
+    match kind {
+        Kind::Micros => chart::micros(v),
+        Kind::Seconds => format!("{v:.3}s"),
+        Kind::Ratio => format!("{v:.4}"),
+        Kind::Count => {
+            if v.fract() == 0.0 {
+                format!("{v}")
+            } else {
+                format!("{v:.1}")
+            }
+        }
+    }
+}
+
+fn signed(v: f64, kind: Kind) -> String {
+    let body = format_value(v.abs(), kind);
+    if v > 0.0 {
+        format!("+{body}")
+    } else if v < 0.0 {
+        format!("-{body}")
+    } else {
+        body
+    }
+}
+
+fn percent(p: f64) -> String {
+    if p.is_infinite() {
+        if p > 0.0 { "+inf %" } else { "-inf %" }.to_string()
+    } else {
+        format!("{p:+.1} %")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(profile: &str, p99: u64, ratio: f64, phases: Value) -> Run {
+        Run {
+            label: profile.into(),
+            summary: json!({
+                "schema": "stampede.summary/v1", "profile": profile, "outcome": "pass",
+                "connections": {"established_ratio": ratio, "established": 100},
+                "errors": {"refused": 0},
+                "latency_us": {"connect": {"count": 10, "p99": p99},
+                               "handshake": {"count": 0, "p99": null}},
+                "phases": phases,
+            }),
+            intervals: None,
+            profile: None,
+        }
+    }
+
+    fn gates(texts: &[&str]) -> Vec<Gate> {
+        texts.iter().map(|t| Gate::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn gates_read_relative_and_absolute_changes() {
+        let base = run(
+            "p",
+            100_000,
+            1.0,
+            json!([{"index": 2, "recovery_100_s": 3.0}]),
+        );
+        let new = run(
+            "p",
+            125_000,
+            0.998,
+            json!([{"index": 2, "recovery_100_s": 4.5}]),
+        );
+        let c = Comparison::new(
+            base,
+            new,
+            gates(&[
+                "connect_p99 > +10%",
+                "connect_p99 > +30ms",
+                "established_ratio < -0.001",
+                "phases.2.recovery_100_s > +2s",
+            ]),
+            false,
+        )
+        .unwrap();
+        let verdicts: Vec<bool> = c.gates.iter().map(|g| g.regressed).collect();
+        assert_eq!(verdicts, vec![true, false, true, false], "{}", c.text());
+        assert_eq!(c.regressions(), 2);
+        assert!(
+            c.gates[0].observed.starts_with("+25.0 %"),
+            "{}",
+            c.gates[0].observed
+        );
+        assert!(c.junit().contains(r#"failures="2""#));
+    }
+
+    #[test]
+    fn a_figure_missing_from_a_run_cannot_pass_a_gate() {
+        let base = run("p", 100, 1.0, json!([]));
+        let new = run("p", 100, 1.0, json!([]));
+        let c = Comparison::new(
+            base,
+            new,
+            gates(&["handshake_p99 > +10%", "phases.1.recovery_100_s > +1s"]),
+            false,
+        )
+        .unwrap();
+        assert!(c.gates.iter().all(|g| g.regressed));
+        assert!(
+            c.gates[0].observed.contains("neither"),
+            "{}",
+            c.gates[0].observed
+        );
+    }
+
+    #[test]
+    fn different_profiles_need_consent() {
+        let e = Comparison::new(
+            run("a", 1, 1.0, json!([])),
+            run("b", 1, 1.0, json!([])),
+            vec![],
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(e.contains("--allow-different-profiles"), "{e}");
+        assert!(
+            Comparison::new(
+                run("a", 1, 1.0, json!([])),
+                run("b", 1, 1.0, json!([])),
+                vec![],
+                true
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn bad_gates_say_what_to_write() {
+        for (text, hint) in [
+            ("connect_p99 +10%", "expected METRIC OP CHANGE"),
+            ("connect_p99 > 10", "is a latency"),
+            ("conect_p99 > +10%", "unknown figure"),
+            ("established_ratio < -2s", "not a time"),
+            ("errors > +1x", "unknown unit"),
+            ("errors > lots", "not a change"),
+            ("phases.x.recovery_100_s > +1s", "unknown figure"),
+        ] {
+            let e = Gate::parse(text).err().unwrap_or_default();
+            assert!(e.contains(hint), "{text}: {e}");
+        }
+        assert!(Gate::parse("errors.refused > 0").is_ok());
+        assert!(Gate::parse("nlb.PortAllocationErrorCount > +0").is_ok());
+        assert!(Gate::parse("given_up >= 1").is_ok());
+    }
+
+    #[test]
+    fn a_change_from_zero_is_infinitely_relative() {
+        assert_eq!(relative(0.0, 0.0), 0.0);
+        assert!(relative(0.0, 3.0).is_infinite());
+        let g = Gate::parse("errors > +10%").unwrap();
+        assert!(g.judge(0.0, 1.0).0);
+        assert!(!g.judge(0.0, 0.0).0);
+    }
+}
