@@ -300,7 +300,7 @@ impl Chart {
                 if lonely {
                     let _ = write!(
                         out,
-                        r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
+                        r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"/>"#,
                         px(x),
                         py(y),
                         s.color

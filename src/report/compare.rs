@@ -10,7 +10,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use crate::metrics::ErrorKind;
-use crate::report::chart::{self, Chart, PALETTE, Series, Unit, esc};
+use crate::report::chart::{self, Chart, Series, Unit, esc};
 use crate::report::html::{self, MAX_POINTS, Run, num};
 
 /// What a figure measures, which decides how a change reads and which units a gate may use.
@@ -566,14 +566,20 @@ impl Comparison {
         out
     }
 
-    /// Both runs on the same axes: BASE solid, NEW dashed.
+    /// Both runs on the same axes: BASE blue, NEW orange.
     pub fn html(&self) -> String {
         let mut body = String::new();
         let _ = write!(
             body,
             "<h1>stampede compare</h1><table><tr><th></th><th>run</th><th>profile</th><th>outcome</th><th>duration</th></tr>{}{}</table>",
-            run_row("BASE (solid)", &self.base),
-            run_row("NEW (dashed)", &self.new)
+            run_row(
+                &format!(r#"<b style="color:{BASE_COLOR}">BASE</b>"#),
+                &self.base
+            ),
+            run_row(
+                &format!(r#"<b style="color:{NEW_COLOR}">NEW</b>"#),
+                &self.new
+            )
         );
         body.push_str("<h2>Gates</h2>");
         if self.gates.is_empty() {
@@ -592,28 +598,50 @@ impl Comparison {
             }
             body.push_str("</table>");
         }
-        let runs = [(&self.base, " (base)"), (&self.new, " (new)")];
+        // One colour per run; the line style tells the series apart.
+        let runs = [
+            (&self.base, " (base)", BASE_COLOR),
+            (&self.new, " (new)", NEW_COLOR),
+        ];
         body.push_str("<h2>Over time (seconds since each run started)</h2>");
-        body.push_str(&html::connections_chart(&runs).svg());
+        let mut open = Chart::new("connections", "Open vs wanted connections", Unit::Count);
+        open.y_label = "connections".into();
+        open.bands = self.base.bands();
         let mut rates = Chart::new(
             "rates",
-            "Connects per second and errors per second",
+            "Connects per second (solid) and errors per second (dashed)",
             Unit::Count,
         );
         rates.y_label = "per second".into();
-        for (i, (run, suffix)) in runs.iter().enumerate() {
-            let style = |s: Series| if i == 1 { s.dashed() } else { s };
-            rates.lines.push(style(Series::new(
+        for (run, suffix, color) in runs {
+            open.lines.push(
+                Series::new(
+                    format!("wanted{suffix}"),
+                    color,
+                    run.timeline_series("wanted", true),
+                )
+                .dashed(),
+            );
+            open.lines.push(Series::new(
+                format!("open{suffix}"),
+                color,
+                run.timeline_series("open", true),
+            ));
+            rates.lines.push(Series::new(
                 format!("connects{suffix}"),
-                PALETTE[0],
+                color,
                 run.timeline_series("connects", false),
-            )));
-            rates.lines.push(style(Series::new(
-                format!("errors{suffix}"),
-                PALETTE[1],
-                run.timeline_series("errors", false),
-            )));
+            ));
+            rates.lines.push(
+                Series::new(
+                    format!("errors{suffix}"),
+                    color,
+                    run.timeline_series("errors", false),
+                )
+                .dashed(),
+            );
         }
+        body.push_str(&open.svg());
         body.push_str(&rates.svg());
         for (tag, name) in [("connect", "connect"), ("heartbeat_rtt", "heartbeat")] {
             let mut c = Chart::new(
@@ -622,34 +650,55 @@ impl Comparison {
                 } else {
                     "latency-heartbeat"
                 },
-                format!("{name} latency p50 and p99 per interval"),
+                format!("{name} latency per interval: p99 (solid) and p50 (dashed)"),
                 Unit::Micros,
             );
             c.log_y = true;
-            for (i, (run, suffix)) in runs.iter().enumerate() {
+            for (run, suffix, color) in runs {
                 let Some(intervals) = &run.intervals else {
                     continue;
                 };
-                for (j, (q, label)) in [(0.5, "p50"), (0.99, "p99")].into_iter().enumerate() {
-                    let s = Series::new(
-                        format!("{label}{suffix}"),
-                        PALETTE[j * 2],
-                        intervals.percentile_series(tag, q, MAX_POINTS),
-                    );
-                    c.lines.push(if i == 1 { s.dashed() } else { s });
-                }
+                c.lines.push(Series::new(
+                    format!("p99{suffix}"),
+                    color,
+                    intervals.percentile_series(tag, 0.99, MAX_POINTS),
+                ));
+                c.lines.push(
+                    Series::new(
+                        format!("p50{suffix}"),
+                        color,
+                        intervals.percentile_series(tag, 0.5, MAX_POINTS),
+                    )
+                    .dashed(),
+                );
             }
             body.push_str(&c.svg());
         }
-        let mut dists = Vec::new();
-        if let Some(i) = &self.base.intervals {
-            dists.push((i, " (base)", false));
-        }
-        if let Some(i) = &self.new.intervals {
-            dists.push((i, " (new)", true));
-        }
         body.push_str("<h2>Latency distribution (whole run)</h2>");
-        body.push_str(&html::distribution_chart(&dists).svg());
+        let mut dist = Chart::new(
+            "distribution",
+            "Latency by percentile: connect (solid) and heartbeat (dashed)",
+            Unit::Micros,
+        );
+        dist.log_y = true;
+        dist.x = chart::XAxis::Nines;
+        for (run, suffix, color) in runs {
+            let Some(intervals) = &run.intervals else {
+                continue;
+            };
+            for (tag, name, dashed) in [
+                ("connect", "connect", false),
+                ("heartbeat_rtt", "heartbeat", true),
+            ] {
+                let points = crate::report::intervals::distribution(&intervals.total(tag));
+                if points.is_empty() {
+                    continue;
+                }
+                let s = Series::new(format!("{name}{suffix}"), color, points);
+                dist.lines.push(if dashed { s.dashed() } else { s });
+            }
+        }
+        body.push_str(&dist.svg());
         body.push_str("<h2>Every figure</h2><table><tr><th>figure</th><th>base</th><th>new</th><th>change</th><th>relative</th></tr>");
         for r in &self.rows {
             if r.name.starts_with("errors.")
@@ -741,10 +790,15 @@ pub fn command(o: CompareOptions) -> i32 {
     code
 }
 
+/// Colours of the two runs on every chart (blue and orange: told apart in colour blindness).
+const BASE_COLOR: &str = "#1f77b4";
+const NEW_COLOR: &str = "#ff7f0e";
+
+/// `role` is trusted markup.
 fn run_row(role: &str, run: &Run) -> String {
     format!(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-        esc(role),
+        role,
         esc(&run.label),
         esc(run.profile_name()),
         esc(&outcome(run).to_uppercase()),

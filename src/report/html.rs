@@ -231,7 +231,7 @@ pub fn render(run: &Run) -> String {
     figures(&mut body, s);
 
     body.push_str("<h2>Connections</h2>");
-    body.push_str(&connections_chart(&[(run, "")]).svg());
+    body.push_str(&connections_chart(run).svg());
     body.push_str(&rates_chart(run).svg());
 
     body.push_str("<h2>Latency over time</h2>");
@@ -259,7 +259,7 @@ pub fn render(run: &Run) -> String {
     }
     body.push_str("<h2>Latency distribution (whole run)</h2>");
     if let Some(intervals) = &run.intervals {
-        body.push_str(&distribution_chart(&[(intervals, "", false)]).svg());
+        body.push_str(&distribution_chart(intervals).svg());
     }
     latency_table(&mut body, s);
     phases(&mut body, s);
@@ -430,30 +430,23 @@ fn figures(out: &mut String, s: &Value) {
     let _ = write!(out, "<tr><td>errors</td><td>{errors}</td></tr></table>");
 }
 
-/// Open (and established, and wanted) connections over time, for one run or several on the
-/// same axes (`suffix` names the run in the legend).
-pub fn connections_chart(runs: &[(&Run, &str)]) -> Chart {
+/// Open, established and wanted connections over time.
+fn connections_chart(run: &Run) -> Chart {
     let mut c = Chart::new("connections", "Open vs wanted connections", Unit::Count);
     c.y_label = "connections".into();
-    if let Some((first, _)) = runs.first() {
-        c.bands = first.bands();
-    }
-    for (i, (run, suffix)) in runs.iter().enumerate() {
-        let dashed = i > 0;
-        let mut push = |name: &str, color, column, gauge| {
-            let s = Series::new(
-                format!("{name}{suffix}"),
-                color,
-                run.timeline_series(column, gauge),
-            );
-            c.lines.push(if dashed { s.dashed() } else { s });
-        };
-        push("wanted", "#8c8c8c", "wanted", true);
-        push("open", PALETTE[i * 2 % 8], "open", true);
-        if runs.len() == 1 {
-            push("established", PALETTE[2], "open_established", true);
-        }
-    }
+    c.bands = run.bands();
+    c.lines
+        .push(Series::new("wanted", "#8c8c8c", run.timeline_series("wanted", true)).dashed());
+    c.lines.push(Series::new(
+        "open",
+        PALETTE[0],
+        run.timeline_series("open", true),
+    ));
+    c.lines.push(Series::new(
+        "established",
+        PALETTE[2],
+        run.timeline_series("open_established", true),
+    ));
     c
 }
 
@@ -520,8 +513,8 @@ fn percentiles_chart(intervals: &Intervals, tag: &str, name: &str, bands: Vec<Ba
     c
 }
 
-/// The whole run's percentile distribution per family, for one run or several (dashed).
-pub fn distribution_chart(runs: &[(&Intervals, &str, bool)]) -> Chart {
+/// The whole run's percentile distribution, one line per latency family.
+fn distribution_chart(intervals: &Intervals) -> Chart {
     let mut c = Chart::new(
         "distribution",
         "Latency by percentile (whole run)",
@@ -529,14 +522,10 @@ pub fn distribution_chart(runs: &[(&Intervals, &str, bool)]) -> Chart {
     );
     c.log_y = true;
     c.x = XAxis::Nines;
-    for (intervals, suffix, dashed) in runs {
-        for (i, (tag, name)) in FAMILIES.iter().enumerate() {
-            let points = intervals::distribution(&intervals.total(tag));
-            if points.is_empty() {
-                continue;
-            }
-            let s = Series::new(format!("{name}{suffix}"), PALETTE[i], points);
-            c.lines.push(if *dashed { s.dashed() } else { s });
+    for (i, (tag, name)) in FAMILIES.iter().enumerate() {
+        let points = intervals::distribution(&intervals.total(tag));
+        if !points.is_empty() {
+            c.lines.push(Series::new(*name, PALETTE[i], points));
         }
     }
     c
@@ -861,6 +850,41 @@ mod tests {
         assert!(rates.iter().all(|p| (p.1 - 0.5).abs() < 1e-9));
         let gauges = downsample(&points, true);
         assert_eq!(gauges.last().map(|p| p.1), Some(1.0));
+    }
+
+    #[test]
+    fn a_two_hour_run_from_a_thousand_sources_stays_small() {
+        let timeline: Vec<Value> = (0..7200)
+            .map(|i| {
+                serde_json::json!({"second": i, "open": 1000, "open_established": 1000,
+                    "wanted": 1000, "attempts": 1, "connects": 1, "reconnects": 0,
+                    "closes": 1, "errors": 1, "error_kinds": {"reset": 1}})
+            })
+            .collect();
+        let sources: Vec<Value> = (0..1000)
+            .map(|i| {
+                serde_json::json!({"addr": format!("10.0.{}.{}", i / 250, i % 250),
+                "established": 1000 + i, "attempts": 1000 + i, "errors": {"reset": 1}})
+            })
+            .collect();
+        let run = Run {
+            label: "big".into(),
+            summary: serde_json::json!({"schema": "stampede.summary/v1", "profile": "big",
+                "outcome": "pass", "timeline": timeline, "sources": sources,
+                "phases": [{"index": 0, "name": "hold", "start_s": 0, "end_s": 7200}]}),
+            intervals: None,
+            profile: None,
+        };
+        let html = render(&run);
+        assert!(html.len() < 200_000, "{} bytes", html.len());
+        assert!(
+            html.contains("980 more"),
+            "the long tail of sources in one row"
+        );
+        assert!(html.contains(&format!(
+            r#"data-chart="connections" data-points="{}""#,
+            3 * MAX_POINTS
+        )));
     }
 
     #[test]
