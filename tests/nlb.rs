@@ -717,6 +717,32 @@ async fn run_through(
     common::run_json(&profile, false, Some(dir.path())).await;
     let summary = common::read_json(&dir.path().join("summary.json"));
     common::assert_schema("summary.schema.json", &summary);
+    // The report shows what the emulator counted: the totals and a row per target.
+    let page = stampede::report::html::write_for_dir(dir.path(), None).unwrap();
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(html.contains("<h2>NLB emulator</h2>"), "no NLB section");
+    for counter in [
+        "ActiveFlowCount",
+        "NewFlowCount",
+        "PortAllocationErrorCount",
+    ] {
+        assert!(
+            html.contains(&format!("<th>{counter}</th>")),
+            "{counter} missing"
+        );
+    }
+    let errors = &summary["nlb"]["total"]["PortAllocationErrorCount"];
+    assert!(
+        html.contains("<tr><td>total</td>") && html.contains(&format!("<td>{errors}</td>")),
+        "the total row"
+    );
+    for target in summary["nlb"]["targets"].as_array().unwrap() {
+        let addr = target["target"].as_str().unwrap();
+        assert!(
+            html.contains(&format!("<td>target {addr}</td>")),
+            "{addr} row"
+        );
+    }
     summary
 }
 

@@ -206,6 +206,24 @@ fn three_agents_merge_losslessly() {
         }
         assert_eq!(stats["max"].as_u64().unwrap(), merged.max());
     }
+
+    // The coordinator's report is the swarm's: every agent in its table. An agent's --out
+    // holds its share only, so it writes no report.
+    let report = std::fs::read_to_string(dir.path().join("coord/report.html")).unwrap();
+    assert!(
+        report.contains("<h2>Agents</h2><p>3 agent(s)"),
+        "no agents table"
+    );
+    for record in records {
+        let name = record["name"].as_str().unwrap();
+        assert!(
+            report.contains(&format!("<tr><td>{name}</td>")),
+            "{name} missing"
+        );
+    }
+    for i in 0..3 {
+        assert!(!dir.path().join(format!("agent{i}/report.html")).exists());
+    }
 }
 
 #[test]
