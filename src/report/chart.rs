@@ -45,6 +45,9 @@ pub struct Series {
     pub color: &'static str,
     pub points: Vec<(f64, f64)>,
     pub dashed: bool,
+    /// Each point holds until the next (a per-second count covers its whole second), so a
+    /// one-second spike is drawn one second wide, not as a triangle two wide.
+    pub step: bool,
 }
 
 impl Series {
@@ -54,7 +57,13 @@ impl Series {
             color,
             points,
             dashed: false,
+            step: false,
         }
+    }
+
+    pub fn steps(mut self) -> Series {
+        self.step = true;
+        self
     }
 
     pub fn dashed(mut self) -> Series {
@@ -146,7 +155,8 @@ impl Chart {
             x0 = x0.min(b.start);
             x1 = x1.max(b.end);
         }
-        if points == 0 || x0 > x1 {
+        // Nothing finite to draw (or a span no axis can hold: a damaged summary).
+        if points == 0 || x0 > x1 || !(x1 - x0).is_finite() || !(y1 - y0).is_finite() {
             let _ = write!(
                 out,
                 r#"<text x="{}" y="{}" text-anchor="middle" class="empty">no data</text></svg><figcaption>{}</figcaption></figure>"#,
@@ -275,10 +285,14 @@ impl Chart {
         for s in &self.lines {
             let mut d = String::new();
             let mut pen_up = true;
+            let mut last_y = 0.0;
             for &(x, y) in &s.points {
                 if !y.is_finite() || (self.log_y && y <= 0.0) {
                     pen_up = true;
                     continue;
+                }
+                if s.step && !pen_up {
+                    let _ = write!(d, "L{:.1},{:.1}", px(x), py(last_y));
                 }
                 let _ = write!(
                     d,
@@ -288,6 +302,15 @@ impl Chart {
                     py(y)
                 );
                 pen_up = false;
+                last_y = y;
+            }
+            if s.step
+                && !pen_up
+                && let [.., (a, _), (b, _)] = s.points.as_slice()
+            {
+                // The last point's own span, to the edge of its interval.
+                let end = (b + (b - a)).min(x1);
+                let _ = write!(d, "L{:.1},{:.1}", px(end), py(last_y));
             }
             // A point with no drawable neighbour would be an invisible segment: a dot instead.
             let drawable = |i: usize| {
@@ -321,8 +344,17 @@ impl Chart {
         }
         // Legend under the axis.
         let mut lx = LEFT;
-        let ly = H - 18.0;
+        let mut ly = H - 22.0;
         for s in self.stacks.iter().chain(&self.lines) {
+            let width = 30.0 + 6.5 * s.name.chars().count() as f64;
+            if lx + width > W - RIGHT && lx > LEFT {
+                // A second row; past it, the names are in each line's tooltip.
+                if ly > H - 22.0 {
+                    break;
+                }
+                lx = LEFT;
+                ly = H - 8.0;
+            }
             let dash = if s.dashed {
                 r#" stroke-dasharray="5 3""#
             } else {
@@ -337,7 +369,7 @@ impl Chart {
                 ly + 4.0,
                 esc(&s.name)
             );
-            lx += 30.0 + 6.5 * s.name.chars().count() as f64;
+            lx += width;
         }
         let _ = write!(
             out,
@@ -404,24 +436,20 @@ impl YAxis {
         }
     }
 
+    /// At most `MAX_TICKS`, each computed from its index (adding a step to a huge value
+    /// can leave it unchanged).
     fn ticks(&self) -> Vec<f64> {
         if self.log {
-            let mut v = self.lo;
-            let mut out = Vec::new();
-            while v <= self.hi * 1.0001 {
-                out.push(v);
-                v *= 10.0;
-            }
-            out
+            (0..MAX_TICKS)
+                .map(|i| self.lo * 10f64.powi(i as i32))
+                .take_while(|v| *v <= self.hi * 1.0001)
+                .collect()
         } else {
             let step = nice_step((self.hi - self.lo) / 5.0);
-            let mut out = Vec::new();
-            let mut v = self.lo;
-            while v <= self.hi + step * 1e-6 {
-                out.push(v);
-                v += step;
-            }
-            out
+            (0..MAX_TICKS)
+                .map(|i| self.lo + step * i as f64)
+                .take_while(|v| *v <= self.hi + step * 1e-6)
+                .collect()
         }
     }
 }
@@ -445,18 +473,20 @@ fn nice_step(raw: f64) -> f64 {
     (nice * magnitude).max(1e-9)
 }
 
+const MAX_TICKS: usize = 24;
+
 fn x_ticks(axis: XAxis, x0: f64, x1: f64) -> Vec<f64> {
     match axis {
-        XAxis::Nines => (0..=(x1.ceil() as i64).max(1)).map(|n| n as f64).collect(),
+        XAxis::Nines => (0..=(x1.ceil() as i64).clamp(1, MAX_TICKS as i64))
+            .map(|n| n as f64)
+            .collect(),
         XAxis::Seconds => {
             let step = nice_step((x1 - x0) / 8.0).max(1.0);
-            let mut v = (x0 / step).ceil() * step;
-            let mut out = Vec::new();
-            while v <= x1 + 1e-9 {
-                out.push(v);
-                v += step;
-            }
-            out
+            let first = (x0 / step).ceil() * step;
+            (0..MAX_TICKS)
+                .map(|i| first + step * i as f64)
+                .take_while(|v| *v <= x1 + 1e-9)
+                .collect()
         }
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::metrics::ErrorKind;
 use crate::report::chart::{self, Chart, Series, Unit, esc};
-use crate::report::html::{self, MAX_POINTS, Run, num};
+use crate::report::html::{self, Run, num};
 
 /// What a figure measures, which decides how a change reads and which units a gate may use.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -163,6 +163,34 @@ pub fn figures(s: &Value) -> Vec<Figure> {
             Worse::Higher,
         );
     }
+    // The worst disruptive phase, for gates that should not name a phase by its index
+    // (`recovery_100_s > +2s`). A phase that never got back has no time: then the figure
+    // is absent, so a gate on it cannot pass.
+    let disruptive: Vec<&Value> = s
+        .get("phases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|p| num(p, "recovered_ratio").is_some())
+        .collect();
+    if !disruptive.is_empty() {
+        let ratios = disruptive.iter().filter_map(|p| num(p, "recovered_ratio"));
+        push(
+            "recovered_ratio".into(),
+            ratios.reduce(f64::min),
+            Kind::Ratio,
+            Worse::Lower,
+        );
+        for key in ["recovery_99_s", "recovery_100_s"] {
+            let times: Option<Vec<f64>> = disruptive.iter().map(|p| num(p, key)).collect();
+            push(
+                key.into(),
+                times.and_then(|t| t.into_iter().reduce(f64::max)),
+                Kind::Seconds,
+                Worse::Higher,
+            );
+        }
+    }
     if let Some(nlb) = s.get("nlb") {
         push(
             "nlb.peak_active_flows".into(),
@@ -241,7 +269,7 @@ impl Gate {
         }
         let kind = metric_kind(metric).ok_or_else(|| {
             format!(
-                "--fail-if {text:?}: unknown figure {metric:?}; figures are named as in thresholds: established_ratio, open_at_end_ratio, errors, errors.<kind>, given_up, <latency>_<stat> (connect, connect_service, heartbeat, handshake, delivery, recovery; p50, p90, p99, p999, max, mean, min), phases.<N>.<recovered_ratio|recovery_99_s|recovery_100_s|peak_connects_per_s|connect_p99>, nlb.<CloudWatch name>; `stampede compare BASE NEW` lists every one"
+                "--fail-if {text:?}: unknown figure {metric:?}; figures are named as in thresholds: established_ratio, open_at_end_ratio, errors, errors.<kind>, given_up, <latency>_<stat> (connect, connect_service, heartbeat, handshake, delivery, recovery; p50, p90, p99, p999, max, mean, min), phases.<N>.<recovered_ratio|recovery_99_s|recovery_100_s|peak_connects_per_s|connect_p99>, recovered_ratio, recovery_99_s and recovery_100_s (the worst disruptive phase), nlb.<CloudWatch name>; `stampede compare BASE NEW` lists every one"
             )
         })?;
         let change = match unit {
@@ -288,11 +316,14 @@ impl Gate {
             Change::Percent(p) => (relative(base, new), p),
             Change::Absolute(a) => (new - base, a),
         };
+        // Figures are decimals read from JSON: 0.999 - 1.0 is -0.0010000000000000009, which
+        // must not cross a limit of -0.001. Differences within a part in 10^9 are equal.
+        let slack = 1e-9 * limit.abs().max(1.0);
         let hit = match self.op {
-            Op::Gt => observed > limit,
-            Op::Ge => observed >= limit,
-            Op::Lt => observed < limit,
-            Op::Le => observed <= limit,
+            Op::Gt => observed > limit + slack,
+            Op::Ge => observed >= limit - slack,
+            Op::Lt => observed < limit - slack,
+            Op::Le => observed <= limit + slack,
         };
         (hit, observed)
     }
@@ -324,6 +355,11 @@ fn metric_kind(name: &str) -> Option<Kind> {
     }
     if name.starts_with("nlb.") && name.len() > 4 {
         return Some(Kind::Count);
+    }
+    match name {
+        "recovered_ratio" => return Some(Kind::Ratio),
+        "recovery_99_s" | "recovery_100_s" => return Some(Kind::Seconds),
+        _ => {}
     }
     for (_, family) in LATENCY {
         if let Some(stat) = name.strip_prefix(family).and_then(|r| r.strip_prefix('_'))
@@ -401,6 +437,18 @@ impl Comparison {
                 new.profile_name()
             ));
         }
+        if let (Some(a), Some(b)) = (&base.profile, &new.profile)
+            && !allow_different
+        {
+            let differ = profile_differences(a, b);
+            if !differ.is_empty() {
+                return Err(format!(
+                    "BASE and NEW ran profile {:?} with different settings ({}): their figures do not measure the same thing; compare runs of one plan, or pass --allow-different-profiles to compare them anyway",
+                    new.profile_name(),
+                    differ.join(", ")
+                ));
+            }
+        }
         let (fb, fnew) = (figures(&base.summary), figures(&new.summary));
         let mut rows: Vec<Row> = Vec::new();
         for f in fb.iter().chain(&fnew) {
@@ -451,7 +499,26 @@ impl Comparison {
                     }
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut gates = gates;
+        // A run that failed or aborted on its own terms is no better for its figures.
+        let own = outcome(&new);
+        if own != "pass" {
+            let why = ["abort_reason", "fail_reason"]
+                .iter()
+                .find_map(|k| new.summary.get(*k).and_then(Value::as_str))
+                .map_or(String::new(), |r| format!(": {r}"));
+            gates.push(GateResult {
+                gate: Gate {
+                    text: "NEW passed its own thresholds".into(),
+                    metric: "outcome".into(),
+                    op: Op::Lt,
+                    change: Change::Absolute(0.0),
+                },
+                regressed: true,
+                observed: format!("NEW's outcome is {own}{why}"),
+            });
+        }
         Ok(Comparison {
             base,
             new,
@@ -477,6 +544,13 @@ impl Comparison {
             self.new.profile_name(),
             outcome(&self.new)
         );
+        if outcome(&self.base) != "pass" {
+            let _ = writeln!(
+                out,
+                "  note: BASE's own outcome is {}: a baseline that did not pass is a weak reference",
+                outcome(&self.base)
+            );
+        }
         let _ = writeln!(
             out,
             "{:<34} {:>14} {:>14} {:>14} {:>10}",
@@ -627,11 +701,14 @@ impl Comparison {
                 color,
                 run.timeline_series("open", true),
             ));
-            rates.lines.push(Series::new(
-                format!("connects{suffix}"),
-                color,
-                run.timeline_series("connects", false),
-            ));
+            rates.lines.push(
+                Series::new(
+                    format!("connects{suffix}"),
+                    color,
+                    run.timeline_series("connects", false),
+                )
+                .steps(),
+            );
             rates.lines.push(
                 Series::new(
                     format!("errors{suffix}"),
@@ -661,13 +738,13 @@ impl Comparison {
                 c.lines.push(Series::new(
                     format!("p99{suffix}"),
                     color,
-                    intervals.percentile_series(tag, 0.99, MAX_POINTS),
+                    intervals.percentile_series(tag, 2),
                 ));
                 c.lines.push(
                     Series::new(
                         format!("p50{suffix}"),
                         color,
-                        intervals.percentile_series(tag, 0.5, MAX_POINTS),
+                        intervals.percentile_series(tag, 0),
                     )
                     .dashed(),
                 );
@@ -762,8 +839,10 @@ pub fn command(o: CompareOptions) -> i32 {
             .iter()
             .map(|t| Gate::parse(t))
             .collect::<Result<Vec<_>, _>>()?;
-        let base = Run::load(&o.base).map_err(|e| format!("BASE {e}"))?;
-        let new = Run::load(&o.new).map_err(|e| format!("NEW {e}"))?;
+        // The interval logs are read only for the page; the table and gates need none.
+        let pictures = o.html.is_some();
+        let base = Run::load(&o.base, pictures).map_err(|e| format!("BASE {e}"))?;
+        let new = Run::load(&o.new, pictures).map_err(|e| format!("NEW {e}"))?;
         Comparison::new(base, new, gates, o.allow_different_profiles)
     })();
     let comparison = match prepared {
@@ -775,19 +854,59 @@ pub fn command(o: CompareOptions) -> i32 {
     };
     print!("{}", comparison.text());
     let mut code = if comparison.regressions() > 0 { 1 } else { 0 };
-    let outputs = [
-        (o.junit.as_ref(), comparison.junit()),
-        (o.html.as_ref(), comparison.html()),
+    let outputs: [(Option<&std::path::PathBuf>, &dyn Fn() -> String); 2] = [
+        (o.junit.as_ref(), &|| comparison.junit()),
+        (o.html.as_ref(), &|| comparison.html()),
     ];
-    for (path, content) in outputs {
+    for (path, render) in outputs {
         if let Some(path) = path
-            && let Err(e) = std::fs::write(path, content)
+            && let Err(e) = std::fs::write(path, render())
         {
             eprintln!("stampede compare: {}: cannot write: {e}", path.display());
             code = 3;
         }
     }
     code
+}
+
+/// Profile settings that differ between two runs (dotted paths, at most 5 named), ignoring
+/// the description.
+fn profile_differences(a: &Value, b: &Value) -> Vec<String> {
+    fn walk(path: String, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(Value::Object(x)), Some(Value::Object(y))) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    if path.is_empty() && k == "description" {
+                        continue;
+                    }
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(p, x.get(k), y.get(k), out);
+                }
+            }
+            (Some(Value::Array(x)), Some(Value::Array(y))) if x.len() == y.len() => {
+                for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                    walk(format!("{path}.{i}"), Some(x), Some(y), out);
+                }
+            }
+            (x, y) if x != y => out.push(path),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(String::new(), Some(a), Some(b), &mut out);
+    if out.len() > 5 {
+        let more = out.len() - 5;
+        out.truncate(5);
+        out.push(format!("{more} more"));
+    }
+    out
 }
 
 /// Colours of the two runs on every chart (blue and orange: told apart in colour blindness).
@@ -854,6 +973,7 @@ mod tests {
 
     fn run(profile: &str, p99: u64, ratio: f64, phases: Value) -> Run {
         Run {
+            dir: std::path::PathBuf::from("."),
             label: profile.into(),
             summary: json!({
                 "schema": "stampede.summary/v1", "profile": profile, "outcome": "pass",
@@ -967,6 +1087,64 @@ mod tests {
         assert!(Gate::parse("errors.refused > 0").is_ok());
         assert!(Gate::parse("nlb.PortAllocationErrorCount > +0").is_ok());
         assert!(Gate::parse("given_up >= 1").is_ok());
+    }
+
+    #[test]
+    fn decimals_do_not_cross_a_limit_they_sit_on() {
+        let g = Gate::parse("established_ratio < -0.001").unwrap();
+        assert!(!g.judge(1.0, 0.999).0, "a change of exactly -0.001");
+        assert!(g.judge(1.0, 0.998).0);
+    }
+
+    #[test]
+    fn the_worst_phase_answers_for_bare_recovery_figures() {
+        let phases = json!([
+            {"index": 1, "recovered_ratio": 1.0, "recovery_100_s": 1.5},
+            {"index": 2, "recovered_ratio": 1.0, "recovery_100_s": 4.0}
+        ]);
+        let base = run("p", 1, 1.0, phases.clone());
+        let mut never = phases;
+        never[1]["recovered_ratio"] = json!(0.9);
+        never[1]["recovery_100_s"] = Value::Null;
+        let c = Comparison::new(
+            base,
+            run("p", 1, 1.0, never),
+            gates(&["recovery_100_s > +2s"]),
+            false,
+        )
+        .unwrap();
+        // NEW never got all back in phase 2: no time to compare, so the gate cannot pass.
+        assert!(c.gates[0].regressed, "{}", c.text());
+        let figures = figures(&c.base.summary);
+        let worst = figures.iter().find(|f| f.name == "recovery_100_s");
+        assert_eq!(worst.map(|f| f.value), Some(4.0));
+    }
+
+    #[test]
+    fn a_new_run_that_did_not_pass_regresses() {
+        let mut new = run("p", 1, 1.0, json!([]));
+        new.summary["outcome"] = json!("aborted");
+        new.summary["abort_reason"] = json!("interrupted");
+        let c = Comparison::new(run("p", 1, 1.0, json!([])), new, vec![], false).unwrap();
+        assert_eq!(c.regressions(), 1);
+        assert!(
+            c.text().contains("NEW's outcome is aborted: interrupted"),
+            "{}",
+            c.text()
+        );
+    }
+
+    #[test]
+    fn the_same_name_with_different_settings_needs_consent() {
+        let mut base = run("p", 1, 1.0, json!([]));
+        let mut new = run("p", 1, 1.0, json!([]));
+        base.profile = Some(json!({"name": "p", "connections": 400, "description": "a"}));
+        new.profile = Some(json!({"name": "p", "connections": 40, "description": "b"}));
+        let e = Comparison::new(base, new, vec![], false).err().unwrap();
+        assert!(
+            e.contains("(connections)") && e.contains("--allow-different-profiles"),
+            "{e}"
+        );
     }
 
     #[test]

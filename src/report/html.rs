@@ -30,6 +30,8 @@ pub const FAMILIES: [(&str, &str); 4] = [
 
 /// One run's results as read from disk.
 pub struct Run {
+    /// The directory its files are in.
+    pub dir: PathBuf,
     /// Where it was read from (for messages and captions).
     pub label: String,
     pub summary: Value,
@@ -39,8 +41,8 @@ pub struct Run {
 
 impl Run {
     /// Reads an `--out` directory, or a `summary.json` (with `latency.hlog` and `profile.json`
-    /// beside it when they are there).
-    pub fn load(path: &Path) -> Result<Run, String> {
+    /// beside it when they are there); the interval log only `with_intervals`.
+    pub fn load(path: &Path, with_intervals: bool) -> Result<Run, String> {
         let (dir, summary_path) = if path.is_dir() {
             (path.to_path_buf(), path.join("summary.json"))
         } else {
@@ -66,15 +68,24 @@ impl Run {
         }
         let hlog = dir.join("latency.hlog");
         let intervals = match std::fs::read(&hlog) {
-            Ok(bytes) => {
-                Some(Intervals::parse(&bytes).map_err(|e| format!("{}: {e}", hlog.display()))?)
+            Ok(bytes) if with_intervals => {
+                let tags: Vec<&str> = FAMILIES.iter().map(|(tag, _)| *tag).collect();
+                let intervals = Intervals::parse(&bytes, &tags, MAX_POINTS);
+                if let Some(w) = &intervals.warning {
+                    eprintln!(
+                        "stampede: {}: {w}; the intervals before it are shown",
+                        hlog.display()
+                    );
+                }
+                Some(intervals)
             }
-            Err(_) => None,
+            _ => None,
         };
         let profile = std::fs::read_to_string(dir.join("profile.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         Ok(Run {
+            dir,
             label: path.display().to_string(),
             summary,
             intervals,
@@ -103,13 +114,15 @@ impl Run {
             .map_or(&[], |v| v.as_slice())
     }
 
-    /// A timeline column over time, at most `MAX_POINTS` points (per-second mean per bucket
-    /// for rates, the bucket's last value for gauges).
+    /// A timeline column over time, at most `MAX_POINTS` points. A gauge (open, wanted) is
+    /// read at the end of its second and, when seconds are bucketed, shows the bucket's lowest
+    /// second (a drop stays visible); a rate shows the bucket's highest second (a spike does).
     pub fn timeline_series(&self, column: &str, gauge: bool) -> Vec<(f64, f64)> {
+        let shift = if gauge { 1.0 } else { 0.0 };
         let points: Vec<(f64, f64)> = self
             .timeline()
             .iter()
-            .filter_map(|p| Some((num(p, "second")?, num(p, column)?)))
+            .filter_map(|p| Some((num(p, "second")? + shift, num(p, column)?)))
             .collect();
         downsample(&points, gauge)
     }
@@ -150,7 +163,8 @@ impl Run {
     }
 }
 
-/// Mean per bucket (rates) or the bucket's last value (gauges), buckets of `ceil(n / MAX_POINTS)`.
+/// Buckets of `ceil(n / MAX_POINTS)` seconds: the lowest second of each (gauges) or the
+/// highest (rates), so that neither a drop nor a spike is averaged away.
 fn downsample(points: &[(f64, f64)], gauge: bool) -> Vec<(f64, f64)> {
     let per = points.len().div_ceil(MAX_POINTS).max(1);
     if per == 1 {
@@ -159,10 +173,11 @@ fn downsample(points: &[(f64, f64)], gauge: bool) -> Vec<(f64, f64)> {
     points
         .chunks(per)
         .map(|c| {
+            let ys = c.iter().map(|p| p.1);
             let y = if gauge {
-                c[c.len() - 1].1
+                ys.fold(f64::INFINITY, f64::min)
             } else {
-                c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64
+                ys.fold(f64::NEG_INFINITY, f64::max)
             };
             (c[0].0, y)
         })
@@ -238,6 +253,13 @@ pub fn render(run: &Run) -> String {
     body.push_str(
         "<p class=\"muted\">p50, p90, p99 and p99.9 of each one-second interval (merged when the run is long), log scale.</p>",
     );
+    if let Some(w) = run.intervals.as_ref().and_then(|i| i.warning.as_ref()) {
+        let _ = write!(
+            body,
+            "<p><b>latency.hlog was not read to its end:</b> {}; the intervals before it are shown.</p>",
+            esc(w)
+        );
+    }
     match &run.intervals {
         None => body.push_str("<p>No latency.hlog beside summary.json: no latency over time.</p>"),
         Some(intervals) => {
@@ -476,14 +498,20 @@ fn rates_chart(run: &Run) -> Chart {
             c.stacks.push(Series::new("errors", "#d62728", total));
         }
     }
-    c.lines.push(Series::new(
-        "connects",
-        PALETTE[0],
-        run.timeline_series("connects", false),
-    ));
+    c.lines.push(
+        Series::new(
+            "connects",
+            PALETTE[0],
+            run.timeline_series("connects", false),
+        )
+        .steps(),
+    );
     // Dashed: a storm closes and reconnects as many in the same second, one line on the other.
-    c.lines
-        .push(Series::new("closes", "#444444", run.timeline_series("closes", false)).dashed());
+    c.lines.push(
+        Series::new("closes", "#444444", run.timeline_series("closes", false))
+            .dashed()
+            .steps(),
+    );
     c
 }
 
@@ -500,14 +528,11 @@ fn percentiles_chart(intervals: &Intervals, tag: &str, name: &str, bands: Vec<Ba
     );
     c.log_y = true;
     c.bands = bands;
-    for (i, (q, label)) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p99.9")]
-        .into_iter()
-        .enumerate()
-    {
+    for (which, label) in ["p50", "p90", "p99", "p99.9"].into_iter().enumerate() {
         c.lines.push(Series::new(
             label,
-            PALETTE[i],
-            intervals.percentile_series(tag, q, MAX_POINTS),
+            PALETTE[which],
+            intervals.percentile_series(tag, which),
         ));
     }
     c
@@ -707,7 +732,7 @@ fn agents(out: &mut String, s: &Value) {
     if rows.len() > TOP_N {
         let _ = write!(
             out,
-            "<tr><td colspan=\"8\">{} more agents, all finished or with fewer errors</td></tr>",
+            "<tr><td colspan=\"8\">{} more agents, all finished and with no more errors than those above</td></tr>",
             rows.len() - TOP_N
         );
     }
@@ -764,6 +789,14 @@ fn nlb(out: &mut String, s: &Value) {
         }
         out.push_str("</tr>");
     }
+    if rows.len() > TOP_N + 1 {
+        let _ = write!(
+            out,
+            "<tr><td colspan=\"{}\">{} more nodes and targets: see summary.json's nlb object</td></tr>",
+            columns.len() + 1,
+            rows.len() - TOP_N - 1
+        );
+    }
     out.push_str("</table>");
 }
 
@@ -784,7 +817,7 @@ fn error_details(out: &mut String, s: &Value) {
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(kind),
                 esc(reason),
-                n
+                esc(&n.to_string())
             );
         }
     }
@@ -793,11 +826,9 @@ fn error_details(out: &mut String, s: &Value) {
 
 /// Writes `report.html` (or `html`) for the run in `dir`.
 pub fn write_for_dir(dir: &Path, html: Option<&Path>) -> Result<PathBuf, String> {
-    let run = Run::load(dir)?;
-    write_page(
-        &run,
-        html.map_or_else(|| dir.join("report.html"), Path::to_path_buf),
-    )
+    let run = Run::load(dir, true)?;
+    let path = html.map_or_else(|| run.dir.join("report.html"), Path::to_path_buf);
+    write_page(&run, path)
 }
 
 fn write_page(run: &Run, path: PathBuf) -> Result<PathBuf, String> {
@@ -808,16 +839,17 @@ fn write_page(run: &Run, path: PathBuf) -> Result<PathBuf, String> {
 
 /// `stampede report DIR [--html FILE]`; returns the exit code.
 pub fn command(dir: &Path, html: Option<&Path>) -> i32 {
-    let run = match Run::load(dir) {
+    let run = match Run::load(dir, true) {
         Ok(run) => run,
         Err(e) => {
             eprintln!("stampede report: {e}");
             return 2;
         }
     };
+    // Beside summary.json, whether DIR or the file itself was named.
     match write_page(
         &run,
-        html.map_or_else(|| dir.join("report.html"), Path::to_path_buf),
+        html.map_or_else(|| run.dir.join("report.html"), Path::to_path_buf),
     ) {
         Ok(path) => {
             println!("wrote {}", path.display());
@@ -843,13 +875,20 @@ mod tests {
     }
 
     #[test]
-    fn long_timelines_are_bucketed() {
-        let points: Vec<(f64, f64)> = (0..7200).map(|i| (i as f64, (i % 2) as f64)).collect();
-        let rates = downsample(&points, false);
-        assert!(rates.len() <= MAX_POINTS);
-        assert!(rates.iter().all(|p| (p.1 - 0.5).abs() < 1e-9));
-        let gauges = downsample(&points, true);
-        assert_eq!(gauges.last().map(|p| p.1), Some(1.0));
+    fn long_timelines_keep_their_drops_and_spikes() {
+        // Two hours at 1,000 open, 10 connects a second; at 3601-3606 everything drops and
+        // at 3607 4,000 connect at once (the storm the report exists to show).
+        let open: Vec<(f64, f64)> = (0..7200)
+            .map(|i| (i as f64, if (3601..3607).contains(&i) { 0.0 } else { 1000.0 }))
+            .collect();
+        let rate: Vec<(f64, f64)> = (0..7200)
+            .map(|i| (i as f64, if i == 3607 { 4000.0 } else { 10.0 }))
+            .collect();
+        let (gauges, rates) = (downsample(&open, true), downsample(&rate, false));
+        assert!(gauges.len() <= MAX_POINTS && rates.len() <= MAX_POINTS);
+        assert!(gauges.iter().any(|p| p.1 == 0.0), "the drop survives");
+        assert!(rates.iter().any(|p| p.1 == 4000.0), "the spike survives");
+        assert_eq!(rates.iter().filter(|p| p.1 == 10.0).count(), rates.len() - 1);
     }
 
     #[test]
@@ -868,6 +907,7 @@ mod tests {
             })
             .collect();
         let run = Run {
+            dir: PathBuf::from("."),
             label: "big".into(),
             summary: serde_json::json!({"schema": "stampede.summary/v1", "profile": "big",
                 "outcome": "pass", "timeline": timeline, "sources": sources,
