@@ -34,7 +34,7 @@ impl Unit {
 pub enum XAxis {
     /// Seconds since the run started.
     Seconds,
-    /// Percentiles as "nines": x = -log10(1 - q), so 0 is the median's left edge, 1 is p90,
+    /// Percentiles as "nines": x = -log10(1 - q), so 0 is the minimum (p0), 1 is p90,
     /// 2 is p99, 3 is p99.9.
     Nines,
 }

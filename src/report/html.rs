@@ -879,7 +879,16 @@ mod tests {
         // Two hours at 1,000 open, 10 connects a second; at 3601-3606 everything drops and
         // at 3607 4,000 connect at once (the storm the report exists to show).
         let open: Vec<(f64, f64)> = (0..7200)
-            .map(|i| (i as f64, if (3601..3607).contains(&i) { 0.0 } else { 1000.0 }))
+            .map(|i| {
+                (
+                    i as f64,
+                    if (3601..3607).contains(&i) {
+                        0.0
+                    } else {
+                        1000.0
+                    },
+                )
+            })
             .collect();
         let rate: Vec<(f64, f64)> = (0..7200)
             .map(|i| (i as f64, if i == 3607 { 4000.0 } else { 10.0 }))
@@ -888,7 +897,10 @@ mod tests {
         assert!(gauges.len() <= MAX_POINTS && rates.len() <= MAX_POINTS);
         assert!(gauges.iter().any(|p| p.1 == 0.0), "the drop survives");
         assert!(rates.iter().any(|p| p.1 == 4000.0), "the spike survives");
-        assert_eq!(rates.iter().filter(|p| p.1 == 10.0).count(), rates.len() - 1);
+        assert_eq!(
+            rates.iter().filter(|p| p.1 == 10.0).count(),
+            rates.len() - 1
+        );
     }
 
     #[test]
