@@ -133,6 +133,7 @@ fn a_real_runs_report_is_self_contained_and_every_chart_has_data() {
         "latency-connect",
         "latency-heartbeat",
         "distribution",
+        "recovery",
     ] {
         let points = chart_points(&html, chart).unwrap_or_else(|| panic!("no {chart} chart"));
         assert!(points > 0, "the {chart} chart is empty");

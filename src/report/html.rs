@@ -625,6 +625,72 @@ fn phases(out: &mut String, s: &Value) {
         );
     }
     out.push_str("</table>");
+    out.push_str(&recovery_chart(list));
+}
+
+/// Time to 99 % and 100 % back per disruptive phase, as horizontal bars on one scale; a phase
+/// that never got there says so.
+fn recovery_chart(phases: &[Value]) -> String {
+    let rows: Vec<&Value> = phases
+        .iter()
+        .filter(|p| num(p, "recovered_ratio").is_some())
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let longest = rows
+        .iter()
+        .flat_map(|p| [num(p, "recovery_99_s"), num(p, "recovery_100_s")])
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max)
+        .max(1e-3);
+    let (left, width, row) = (150.0, 640.0, 44.0);
+    let height = 30.0 + row * rows.len() as f64;
+    let mut bars = 0;
+    let mut svg = String::new();
+    for (n, p) in rows.iter().enumerate() {
+        let y = 24.0 + row * n as f64;
+        let _ = write!(
+            svg,
+            r#"<text x="0" y="{:.1}">{} {}</text>"#,
+            y + 16.0,
+            num(p, "index").unwrap_or(0.0),
+            esc(text(p, "name"))
+        );
+        for (j, (key, label, color)) in [
+            ("recovery_99_s", "99 %", PALETTE[0]),
+            ("recovery_100_s", "100 %", PALETTE[3]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let by = y + 2.0 + 18.0 * j as f64;
+            match num(p, key).filter(|v| v.is_finite()) {
+                Some(v) => {
+                    bars += 1;
+                    let w = (v / longest * width).max(1.0);
+                    let _ = write!(
+                        svg,
+                        r#"<rect x="{left}" y="{by:.1}" width="{w:.1}" height="14" fill="{color}"><title>{label} back after {v:.3} s</title></rect><text x="{:.1}" y="{:.1}">{label}: {}</text>"#,
+                        left + w + 6.0,
+                        by + 11.0,
+                        Unit::Seconds.format(v)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        svg,
+                        r##"<text x="{left}" y="{:.1}" fill="#cf222e">{label}: not reached</text>"##,
+                        by + 11.0
+                    );
+                }
+            }
+        }
+    }
+    format!(
+        r#"<figure class="chart"><svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 900 {height:.0}" role="img" data-chart="recovery" data-points="{bars}"><title>Recovery per disruptive phase</title><text x="0" y="14" class="title">Time until 99 % and 100 % of the wanted connections were established again</text>{svg}</svg></figure>"#
+    )
 }
 
 /// Per-target or per-source shares: the top `TOP_N` by established connections, the rest in
