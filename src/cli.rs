@@ -32,6 +32,8 @@ const EXAMPLES: &str = "Examples:
   stampede sink-admin 127.0.0.1:7001 close-fraction 0.5
   stampede nlb --listen 127.0.0.1:7100 --targets 127.0.0.1:7000 --admin 127.0.0.1:7101
   stampede doctor profiles/smoke.json
+  stampede report results/
+  stampede compare baseline/ results/ --fail-if 'connect_p99 > +10%'
 
 Exit codes: 0 pass, 1 a threshold failed, 2 usage or profile error, 3 aborted.";
 
@@ -139,9 +141,11 @@ Exit codes: 0 written, 2 the directory holds no readable run, 3 the report canno
 A gate `METRIC OP CHANGE` regresses when NEW minus BASE satisfies it; CHANGE is a signed
 number in the figure's unit, a time (+5ms, +2s) or a percentage of BASE (+10%). Figures are
 named as in profile thresholds; without gates every figure is listed and nothing judged. A
-gate on a figure one run lacks (no samples) regresses: it cannot be shown not to.
-Exit codes: 0 no regression, 1 a gate regressed, 2 bad input (unreadable run, bad gate,
-different profiles without --allow-different-profiles), 3 an output cannot be written.")]
+gate on a figure one run lacks (no samples) regresses: it cannot be shown not to. A NEW run
+that did not pass its own thresholds regresses too. Runs of different profiles, or of one
+profile with different settings, are refused unless --allow-different-profiles.
+Exit codes: 0 no regression, 1 a regression, 2 bad input (unreadable run, bad gate,
+different profiles), 3 an output cannot be written.")]
     Compare(CompareArgs),
 }
 
@@ -169,7 +173,8 @@ pub struct CompareArgs {
     /// Write both runs on the same axes as a self-contained HTML page.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Compare runs of different profiles (refused by default: their figures differ in meaning).
+    /// Compare runs of different profiles or settings (refused by default: their figures differ
+    /// in meaning).
     #[arg(long)]
     pub allow_different_profiles: bool,
 }

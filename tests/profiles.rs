@@ -153,6 +153,8 @@ fn usage_errors_exit_2_and_help_has_examples() {
         vec!["sink", "--help"],
         vec!["profile", "check", "--help"],
         vec!["doctor", "--help"],
+        vec!["report", "--help"],
+        vec!["compare", "--help"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success());
