@@ -27,40 +27,33 @@ fn run_into(profile: &Path, dir: &Path, args: &[&str]) -> i32 {
     status.code().unwrap_or(-1)
 }
 
-/// The README's storm, scaled to 400 connections and a 3 s storm phase.
-fn storm(dir: &Path) {
-    let code = run_into(
-        &repo("profiles/bluegreen-storm.json"),
-        dir,
-        &[
-            "--set",
-            "connections=400",
-            "--set",
-            "phases.0.ramp.rate=400",
-            "--set",
-            "phases.2.storm.for=3s",
-        ],
-    );
-    assert_eq!(code, 0, "the storm run should pass");
+/// A README profile scaled to 400 connections ramped in 1 s, plus `sets`; it must pass.
+fn scaled(profile: &str, dir: &Path, sets: &[&str]) {
+    let mut args = vec![
+        "--set",
+        "connections=400",
+        "--set",
+        "phases.0.ramp.rate=400",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let code = run_into(&repo(&format!("profiles/{profile}.json")), dir, &args);
+    assert_eq!(code, 0, "the {profile} run should pass");
 }
 
-/// The README's drain, scaled to 400 connections over 4 s.
+/// The README's storm, with a 3 s storm phase.
+fn storm(dir: &Path) {
+    scaled("bluegreen-storm", dir, &["phases.2.storm.for=3s"]);
+}
+
+/// The README's drain, over 4 s.
 fn drain(dir: &Path) {
-    let code = run_into(
-        &repo("profiles/gradual-drain.json"),
+    scaled(
+        "gradual-drain",
         dir,
-        &[
-            "--set",
-            "connections=400",
-            "--set",
-            "phases.0.ramp.rate=400",
-            "--set",
-            "phases.2.drain.over=4s",
-            "--set",
-            "phases.2.drain.for=5s",
-        ],
+        &["phases.2.drain.over=4s", "phases.2.drain.for=5s"],
     );
-    assert_eq!(code, 0, "the drain run should pass");
 }
 
 fn stampede(args: &[&std::ffi::OsStr]) -> Output {

@@ -498,11 +498,6 @@ pub fn nines_label(n: f64) -> String {
     format!("{q:.digits$}%")
 }
 
-/// Percentile (0..1) to the nines axis.
-pub fn to_nines(q: f64) -> f64 {
-    -(1.0 - q).max(1e-12).log10()
-}
-
 fn trim(v: f64) -> String {
     if (v - v.round()).abs() < 1e-9 {
         format!("{}", v.round() as i64)
@@ -596,7 +591,6 @@ mod tests {
         assert_eq!(nines_label(2.0), "99%");
         assert_eq!(nines_label(3.0), "99.9%");
         assert_eq!(nines_label(5.0), "99.999%");
-        assert!((to_nines(0.99) - 2.0).abs() < 1e-9);
     }
 
     #[test]

@@ -49,6 +49,138 @@ const LATENCY: [(&str, &str); 6] = [
 ];
 const STATS: [&str; 7] = ["p50", "p90", "p99", "p999", "max", "mean", "min"];
 
+/// Figures read straight from one place in summary.json: (name, path, kind, which way is worse).
+const PLAIN: [(&str, &str, Kind, Worse); 17] = [
+    (
+        "established_ratio",
+        "connections.established_ratio",
+        Kind::Ratio,
+        Worse::Lower,
+    ),
+    (
+        "connected_ratio",
+        "connections.connected_ratio",
+        Kind::Ratio,
+        Worse::Lower,
+    ),
+    (
+        "open_at_end_ratio",
+        "connections.open_at_end_ratio",
+        Kind::Ratio,
+        Worse::Lower,
+    ),
+    (
+        "established",
+        "connections.established",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "connected",
+        "connections.connected",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "attempts",
+        "connections.attempts",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "peak_open",
+        "connections.peak_open",
+        Kind::Count,
+        Worse::Lower,
+    ),
+    (
+        "open_at_end",
+        "connections.open_at_end",
+        Kind::Count,
+        Worse::Lower,
+    ),
+    (
+        "reconnects",
+        "connections.reconnects",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "given_up",
+        "connections.given_up",
+        Kind::Count,
+        Worse::Higher,
+    ),
+    (
+        "peak_reconnects_per_s",
+        "connections.peak_reconnects_per_s",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "connects_per_s",
+        "connections.connects_per_s",
+        Kind::Count,
+        Worse::Lower,
+    ),
+    (
+        "heartbeats_sent",
+        "heartbeats.sent",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "heartbeats_answered",
+        "heartbeats.answered",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    (
+        "published",
+        "messages.published",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    ("received", "messages.received", Kind::Count, Worse::Lower),
+    (
+        "last_established_s",
+        "connections.last_established_s",
+        Kind::Seconds,
+        Worse::Higher,
+    ),
+];
+
+/// Per-phase figures, `phases.N.<name>`: (name, key in the phase record, kind, worse).
+const PHASE: [(&str, &str, Kind, Worse); 7] = [
+    (
+        "recovered_ratio",
+        "recovered_ratio",
+        Kind::Ratio,
+        Worse::Lower,
+    ),
+    (
+        "recovery_99_s",
+        "recovery_99_s",
+        Kind::Seconds,
+        Worse::Higher,
+    ),
+    (
+        "recovery_100_s",
+        "recovery_100_s",
+        Kind::Seconds,
+        Worse::Higher,
+    ),
+    (
+        "peak_connects_per_s",
+        "peak_connects_per_s",
+        Kind::Count,
+        Worse::Neither,
+    ),
+    ("connect_p99", "connect_p99_us", Kind::Micros, Worse::Higher),
+    ("reconnects", "reconnects", Kind::Count, Worse::Neither),
+    ("given_up", "given_up", Kind::Count, Worse::Higher),
+];
+
 /// Every figure a summary holds, in a fixed order. Latency statistics without samples and
 /// phase figures that do not apply are absent (not zero), so a gate on them cannot pass by
 /// accident.
@@ -64,40 +196,9 @@ pub fn figures(s: &Value) -> Vec<Figure> {
             });
         }
     };
-    for (name, path) in [
-        ("established_ratio", "connections.established_ratio"),
-        ("connected_ratio", "connections.connected_ratio"),
-        ("open_at_end_ratio", "connections.open_at_end_ratio"),
-    ] {
-        push(name.into(), num(s, path), Kind::Ratio, Worse::Lower);
+    for (name, path, kind, worse) in PLAIN {
+        push(name.into(), num(s, path), kind, worse);
     }
-    for (name, path, worse) in [
-        ("established", "connections.established", Worse::Neither),
-        ("connected", "connections.connected", Worse::Neither),
-        ("attempts", "connections.attempts", Worse::Neither),
-        ("peak_open", "connections.peak_open", Worse::Lower),
-        ("open_at_end", "connections.open_at_end", Worse::Lower),
-        ("reconnects", "connections.reconnects", Worse::Neither),
-        ("given_up", "connections.given_up", Worse::Higher),
-        (
-            "peak_reconnects_per_s",
-            "connections.peak_reconnects_per_s",
-            Worse::Neither,
-        ),
-        ("connects_per_s", "connections.connects_per_s", Worse::Lower),
-        ("heartbeats_sent", "heartbeats.sent", Worse::Neither),
-        ("heartbeats_answered", "heartbeats.answered", Worse::Neither),
-        ("published", "messages.published", Worse::Neither),
-        ("received", "messages.received", Worse::Lower),
-    ] {
-        push(name.into(), num(s, path), Kind::Count, worse);
-    }
-    push(
-        "last_established_s".into(),
-        num(s, "connections.last_established_s"),
-        Kind::Seconds,
-        Worse::Higher,
-    );
     let errors = s.get("errors");
     let total = errors
         .and_then(Value::as_object)
@@ -128,40 +229,9 @@ pub fn figures(s: &Value) -> Vec<Figure> {
         .flatten()
     {
         let Some(i) = num(p, "index") else { continue };
-        let name = |figure: &str| format!("phases.{i}.{figure}");
-        push(
-            name("recovered_ratio"),
-            num(p, "recovered_ratio"),
-            Kind::Ratio,
-            Worse::Lower,
-        );
-        for key in ["recovery_99_s", "recovery_100_s"] {
-            push(name(key), num(p, key), Kind::Seconds, Worse::Higher);
+        for (name, key, kind, worse) in PHASE {
+            push(format!("phases.{i}.{name}"), num(p, key), kind, worse);
         }
-        push(
-            name("peak_connects_per_s"),
-            num(p, "peak_connects_per_s"),
-            Kind::Count,
-            Worse::Neither,
-        );
-        push(
-            name("connect_p99"),
-            num(p, "connect_p99_us"),
-            Kind::Micros,
-            Worse::Higher,
-        );
-        push(
-            name("reconnects"),
-            num(p, "reconnects"),
-            Kind::Count,
-            Worse::Neither,
-        );
-        push(
-            name("given_up"),
-            num(p, "given_up"),
-            Kind::Count,
-            Worse::Higher,
-        );
     }
     // The worst disruptive phase, for gates that should not name a phase by its index
     // (`recovery_100_s > +2s`). A phase that never got back has no time: then the figure
@@ -342,13 +412,7 @@ fn metric_kind(name: &str) -> Option<Kind> {
     if let Some(rest) = name.strip_prefix("phases.") {
         let (index, figure) = rest.split_once('.')?;
         index.parse::<usize>().ok()?;
-        return match figure {
-            "recovered_ratio" => Some(Kind::Ratio),
-            "recovery_99_s" | "recovery_100_s" => Some(Kind::Seconds),
-            "peak_connects_per_s" | "reconnects" | "given_up" => Some(Kind::Count),
-            "connect_p99" => Some(Kind::Micros),
-            _ => None,
-        };
+        return PHASE.iter().find(|f| f.0 == figure).map(|f| f.2);
     }
     if let Some(kind) = name.strip_prefix("errors.") {
         return ErrorKind::from_name(kind).map(|_| Kind::Count);
@@ -368,16 +432,11 @@ fn metric_kind(name: &str) -> Option<Kind> {
             return Some(Kind::Micros);
         }
     }
-    // Everything else a summary has: take the kind from a summary with every field.
-    let example = figures(&serde_json::json!({
-        "connections": {"established_ratio": 1, "connected_ratio": 1, "open_at_end_ratio": 1,
-            "established": 0, "connected": 0, "attempts": 0, "peak_open": 0, "open_at_end": 0,
-            "reconnects": 0, "given_up": 0, "peak_reconnects_per_s": 0, "connects_per_s": 0,
-            "last_established_s": 0},
-        "heartbeats": {"sent": 0, "answered": 0}, "messages": {"published": 0, "received": 0},
-        "errors": {}, "duration_s": 0
-    }));
-    example.into_iter().find(|f| f.name == name).map(|f| f.kind)
+    match name {
+        "errors" => Some(Kind::Count),
+        "duration_s" => Some(Kind::Seconds),
+        _ => PLAIN.iter().find(|f| f.0 == name).map(|f| f.2),
+    }
 }
 
 /// Percent change from `base` to `new`; infinite when only `new` is non-zero.
@@ -398,7 +457,8 @@ fn relative(base: f64, new: f64) -> f64 {
 /// One gate's verdict.
 #[derive(Clone, Debug)]
 pub struct GateResult {
-    pub gate: Gate,
+    /// The gate as written, or what was judged (`NEW passed its own thresholds`).
+    pub text: String,
     pub regressed: bool,
     /// What was seen, in words: "+25.3 % (130.4ms to 163.4ms)" or "not measured in NEW".
     pub observed: String,
@@ -420,6 +480,49 @@ pub struct Row {
     pub new: Option<f64>,
     pub kind: Kind,
     pub worse: Worse,
+}
+
+/// A row as both tables show it.
+struct Cells {
+    base: String,
+    new: String,
+    change: String,
+    relative: String,
+    /// `worse`, `better` or empty: how the change reads for this figure.
+    class: &'static str,
+}
+
+impl Row {
+    /// Error kinds that occurred in neither run say nothing, and are left out.
+    fn says_nothing(&self) -> bool {
+        self.name.starts_with("errors.")
+            && self.base.unwrap_or(0.0) == 0.0
+            && self.new.unwrap_or(0.0) == 0.0
+    }
+
+    fn cells(&self) -> Cells {
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(v, self.kind));
+        let (change, relative, class) = match (self.base, self.new) {
+            (Some(b), Some(n)) => {
+                let class = match self.worse {
+                    Worse::Higher if n > b => "worse",
+                    Worse::Lower if n < b => "worse",
+                    Worse::Higher if n < b => "better",
+                    Worse::Lower if n > b => "better",
+                    _ => "",
+                };
+                (signed(n - b, self.kind), percent(relative(b, n)), class)
+            }
+            _ => ("-".into(), "-".into(), ""),
+        };
+        Cells {
+            base: cell(self.base),
+            new: cell(self.new),
+            change,
+            relative,
+            class,
+        }
+    }
 }
 
 impl Comparison {
@@ -481,7 +584,7 @@ impl Comparison {
                                 format_value(b, kind),
                                 format_value(n, kind)
                             ),
-                            gate,
+                            text: gate.text,
                             regressed,
                         }
                     }
@@ -493,7 +596,7 @@ impl Comparison {
                         };
                         GateResult {
                             observed: format!("{missing}: cannot show it did not regress"),
-                            gate,
+                            text: gate.text,
                             regressed: true,
                         }
                     }
@@ -509,12 +612,7 @@ impl Comparison {
                 .find_map(|k| new.summary.get(*k).and_then(Value::as_str))
                 .map_or(String::new(), |r| format!(": {r}"));
             gates.push(GateResult {
-                gate: Gate {
-                    text: "NEW passed its own thresholds".into(),
-                    metric: "outcome".into(),
-                    op: Op::Lt,
-                    change: Change::Absolute(0.0),
-                },
+                text: "NEW passed its own thresholds".into(),
                 regressed: true,
                 observed: format!("NEW's outcome is {own}{why}"),
             });
@@ -556,27 +654,12 @@ impl Comparison {
             "{:<34} {:>14} {:>14} {:>14} {:>10}",
             "figure", "base", "new", "change", "relative"
         );
-        for r in &self.rows {
-            // Error kinds that occurred in neither run say nothing.
-            if r.name.starts_with("errors.")
-                && r.base.unwrap_or(0.0) == 0.0
-                && r.new.unwrap_or(0.0) == 0.0
-            {
-                continue;
-            }
-            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(v, r.kind));
-            let (change, rel) = match (r.base, r.new) {
-                (Some(b), Some(n)) => (signed(n - b, r.kind), percent(relative(b, n))),
-                _ => ("-".into(), "-".into()),
-            };
+        for r in self.rows.iter().filter(|r| !r.says_nothing()) {
+            let c = r.cells();
             let _ = writeln!(
                 out,
                 "{:<34} {:>14} {:>14} {:>14} {:>10}",
-                r.name,
-                cell(r.base),
-                cell(r.new),
-                change,
-                rel
+                r.name, c.base, c.new, c.change, c.relative
             );
         }
         if !self.gates.is_empty() {
@@ -586,7 +669,7 @@ impl Comparison {
                     out,
                     "  {}  {:<36} {}",
                     if g.regressed { "FAIL" } else { "pass" },
-                    g.gate.text,
+                    g.text,
                     g.observed
                 );
             }
@@ -622,14 +705,14 @@ impl Comparison {
             let _ = write!(
                 out,
                 r#"<testcase classname="stampede.compare" name="{}">"#,
-                esc(&g.gate.text)
+                esc(&g.text)
             );
             if g.regressed {
                 let _ = write!(
                     out,
                     r#"<failure message="{}">{}</failure>"#,
                     esc(&g.observed),
-                    esc(&format!("{}: {}", g.gate.text, g.observed))
+                    esc(&format!("{}: {}", g.text, g.observed))
                 );
             } else {
                 let _ = write!(out, "<system-out>{}</system-out>", esc(&g.observed));
@@ -664,7 +747,7 @@ impl Comparison {
                 let _ = write!(
                     body,
                     r#"<tr><td>{}</td><td class="{}">{}</td><td>{}</td></tr>"#,
-                    esc(&g.gate.text),
+                    esc(&g.text),
                     if g.regressed { "fail" } else { "pass" },
                     if g.regressed { "REGRESSED" } else { "pass" },
                     esc(&g.observed)
@@ -777,35 +860,17 @@ impl Comparison {
         }
         body.push_str(&dist.svg());
         body.push_str("<h2>Every figure</h2><table><tr><th>figure</th><th>base</th><th>new</th><th>change</th><th>relative</th></tr>");
-        for r in &self.rows {
-            if r.name.starts_with("errors.")
-                && r.base.unwrap_or(0.0) == 0.0
-                && r.new.unwrap_or(0.0) == 0.0
-            {
-                continue;
-            }
-            let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format_value(v, r.kind));
-            let (change, rel, class) = match (r.base, r.new) {
-                (Some(b), Some(n)) => {
-                    let class = match r.worse {
-                        Worse::Higher if n > b => "worse",
-                        Worse::Lower if n < b => "worse",
-                        Worse::Higher if n < b => "better",
-                        Worse::Lower if n > b => "better",
-                        _ => "",
-                    };
-                    (signed(n - b, r.kind), percent(relative(b, n)), class)
-                }
-                _ => ("-".into(), "-".into(), ""),
-            };
+        for r in self.rows.iter().filter(|r| !r.says_nothing()) {
+            let c = r.cells();
             let _ = write!(
                 body,
                 r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="{class}">{}</td><td class="{class}">{}</td></tr>"#,
                 esc(&r.name),
-                cell(r.base),
-                cell(r.new),
-                esc(&change),
-                esc(&rel)
+                esc(&c.base),
+                esc(&c.new),
+                esc(&c.change),
+                esc(&c.relative),
+                class = c.class
             );
         }
         body.push_str("</table>");
@@ -854,17 +919,18 @@ pub fn command(o: CompareOptions) -> i32 {
     };
     print!("{}", comparison.text());
     let mut code = if comparison.regressions() > 0 { 1 } else { 0 };
-    let outputs: [(Option<&std::path::PathBuf>, &dyn Fn() -> String); 2] = [
-        (o.junit.as_ref(), &|| comparison.junit()),
-        (o.html.as_ref(), &|| comparison.html()),
-    ];
-    for (path, render) in outputs {
-        if let Some(path) = path
-            && let Err(e) = std::fs::write(path, render())
-        {
+    let mut write = |path: &std::path::Path, content: String| {
+        if let Err(e) = std::fs::write(path, content) {
             eprintln!("stampede compare: {}: cannot write: {e}", path.display());
             code = 3;
         }
+    };
+    // Each page rendered only when asked for (the HTML reads every interval).
+    if let Some(path) = &o.junit {
+        write(path, comparison.junit());
+    }
+    if let Some(path) = &o.html {
+        write(path, comparison.html());
     }
     code
 }
