@@ -228,6 +228,9 @@ fn the_concurrent_wall_drops_exactly_the_excess_and_counts_each_flow_once() {
 
 /// A closed flow gives its port back: a storm that closes every connection of a pair at 75 %
 /// of its ports reconnects them all, which needs the first 150 ports freed (150 + 150 > 200).
+/// The reconnects come 1 s after the closes: the kernel frees a deleted slot within a few
+/// tenths of a second (its set's garbage collector), and a loaded CI machine must not turn
+/// that into refusals.
 #[test]
 fn a_closed_flow_gives_its_port_back() {
     let net = 222;
@@ -252,29 +255,15 @@ fn a_closed_flow_gives_its_port_back() {
         ]),
     );
     p["reconnect"] =
-        json!({ "policy": "exponential", "base": "200ms", "cap": "1s", "jitter": "none" });
+        json!({ "policy": "exponential", "base": "1s", "cap": "1s", "jitter": "none" });
     let (_, s) = run_profile(dir.path(), &p);
     let c = &s["connections"];
     let total = &s["nlb"]["total"];
     assert_eq!(c["open_at_end"], 150, "{c:#}\n{total:#}");
     assert!(c["reconnects"].as_u64().unwrap_or(0) >= 150, "{c:#}");
     assert_eq!(total["PortAllocationErrorCount"], 0, "{total:#}");
-    // Every attempt was a flow the balancer admitted. Conntrack's events can miss a few under
-    // load; the count is made exact from the slot sets every 5 s, so the admin API says it
-    // within one check (bounded wait, read over plain HTTP).
-    let attempts = c["attempts"].as_u64().unwrap_or(0);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut seen = 0;
-    while std::time::Instant::now() < deadline {
-        seen = metrics_json(lb.admin)["total"]["NewFlowCount"]
-            .as_u64()
-            .unwrap_or(0);
-        if seen == attempts {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    assert_eq!(seen, attempts, "NewFlowCount against the flows admitted");
+    // Every attempt was a flow the balancer admitted, counted once by its rule.
+    assert_eq!(total["NewFlowCount"], c["attempts"], "{total:#}");
     lb.stop();
 }
 
@@ -345,10 +334,12 @@ fn an_idle_flow_is_forgotten_and_its_next_packet_reset() {
 
 /// Two targets, one deregistered 1 s into a hold; returns the summary and how many flows the
 /// deregistered target had.
-fn deregister_run(netns: &str, net: u8, termination: &str) -> (Value, u64) {
+/// A run that deregisters target A of two; its summary, its flows on A, and the balancer
+/// (still running, for the caller to read and stop).
+fn deregister_run(netns: &str, net: u8, termination: &str) -> (Value, u64, KernelLb, Sink) {
     let a = format!("10.{net}.1.100:7000");
     let b = format!("10.{net}.1.100:7001");
-    let mut lb = KernelLb::start(
+    let lb = KernelLb::start(
         netns,
         net,
         &[a.clone(), b.clone()],
@@ -359,7 +350,7 @@ fn deregister_run(netns: &str, net: u8, termination: &str) -> (Value, u64) {
             termination,
         ],
     );
-    let _sink = Sink::start(&[a.clone(), b]);
+    let sink = Sink::start(&[a.clone(), b]);
     let dir = tempfile::tempdir().unwrap();
     let p = profile(
         &lb,
@@ -382,30 +373,42 @@ fn deregister_run(netns: &str, net: u8, termination: &str) -> (Value, u64) {
         on_a > 10 && on_a < 90,
         "the hash spreads flows: {on_a} of 100 on A"
     );
-    lb.stop();
-    (s, on_a)
+    (s, on_a, lb, sink)
 }
 
 #[test]
 fn deregistration_with_termination_resets_the_targets_flows_after_the_delay() {
-    let (s, on_a) = deregister_run("tkdrt", 219, "on");
-    assert_eq!(s["errors"]["reset"], on_a, "{:#}", s["errors"]);
+    let (s, on_a, mut lb, _sink) = deregister_run("tkdrt", 219, "on");
+    // Every flow on B outlived the run and every other one was reset (no reconnects here).
+    let reset = s["errors"]["reset"].as_u64().unwrap_or(0);
+    let (open, on_b) = (
+        s["connections"]["open_at_end"].as_u64().unwrap_or(0),
+        s["nlb"]["targets"][1]["NewFlowCount"].as_u64().unwrap_or(0),
+    );
+    let context = format!("{:#}\n{:#}\n{:#}", s["errors"], s["connections"], s["nlb"]);
+    assert_eq!(open, on_b, "{context}");
+    assert_eq!(reset, 100 - on_b, "{context}");
+    assert!(on_a >= reset, "{context}");
+    // Each of A's flows is reset once or twice (its next packet, and one more when a
+    // heartbeat and its echo cross the reset); a flow closed at the end of the run can add
+    // one (the client's reset of an unread echo makes the target's last packets invalid).
     let resets = s["nlb"]["total"]["TCP_ELB_Reset_Count"]
         .as_u64()
         .unwrap_or(0);
     assert!(
-        (on_a..=2 * on_a).contains(&resets),
-        "{:#}",
+        (on_a..=2 * on_a + (100 - on_a)).contains(&resets),
+        "{on_a} flows on A: {:#}",
         s["nlb"]["total"]
     );
-    assert_eq!(s["connections"]["open_at_end"], 100 - on_a);
+    lb.stop();
 }
 
 #[test]
 fn deregistration_without_termination_lets_existing_flows_continue() {
-    let (s, _) = deregister_run("tkdrn", 220, "off");
+    let (s, _, mut lb, _sink) = deregister_run("tkdrn", 220, "off");
     assert_eq!(s["errors"]["reset"], 0, "{:#}", s["errors"]);
     assert_eq!(s["connections"]["open_at_end"], 100);
+    lb.stop();
 }
 
 #[test]
@@ -490,22 +493,4 @@ fn the_kernel_datapath_refuses_what_it_cannot_route() {
         assert!(out.stdout.is_empty(), "nothing started for {args:?}");
     }
     assert!(!netns_exists("snlb"));
-}
-
-/// `GET /metrics.json` from the emulator's admin API.
-fn metrics_json(admin: SocketAddr) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
