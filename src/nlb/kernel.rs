@@ -656,8 +656,8 @@ impl KernelNlb {
     fn read_counters(&self, reconcile: bool) -> Result<NlbMetrics, String> {
         let p = &self.plan;
         let ns = p.netns.as_str();
-        // The sets before conntrack's table, so every element's flow is in the table by then.
         let counters = self.named_counters()?;
+        // The sets before conntrack's table, so every element's flow is in the table by then.
         let slots = if reconcile {
             self.slot_elements()
         } else {
@@ -730,9 +730,8 @@ impl KernelNlb {
     /// Starts the slot keeper: `conntrack -E` in the namespace, read by one thread that
     /// notes each admitted flow (NEW) and, when conntrack forgets it (DESTROY: idle timeout,
     /// termination) or sees it close without the release rule's mark, hands its slot to a
-    /// second thread
-    /// that deletes the elements in batches. Returns once conntrack is subscribed, so no
-    /// flow's events are missed.
+    /// second thread that deletes the elements in batches. Returns once conntrack is
+    /// subscribed, so no flow's events are missed.
     fn keep_slots(self: &Arc<Self>) -> Result<(), String> {
         let ns = self.plan.netns.clone();
         let mut child = Command::new("ip")
@@ -765,15 +764,15 @@ impl KernelNlb {
             .spawn(move || {
                 let mut lines = BufReader::new(stderr).lines();
                 let _ = ready_tx.send(lines.next().and_then(Result::ok));
-                // Events the kernel could not queue are gone: say so once, since the counts
-                // built on them (NewFlowCount, prompt slot release) fall behind.
+                // Events the kernel could not queue are gone: say so once, since the ports of
+                // the flows they were about then wait for the next check.
                 let mut warned = false;
                 for line in lines.map_while(Result::ok) {
                     if !warned && line.contains("ENOBUFS") {
                         warned = true;
                         eprintln!(
-                            "stampede nlb: conntrack dropped events (ENOBUFS): NewFlowCount \
-                             lags and closed flows' ports wait until the 5 s check"
+                            "stampede nlb: conntrack dropped events (ENOBUFS): the ports of \
+                             flows it forgot (idle timeout, termination) wait for the 5 s check"
                         );
                     }
                 }
