@@ -10,7 +10,8 @@
 //!
 //! It must not hold connections itself: the parent's file limit is for its children's pipes.
 
-use std::io::{BufRead, BufReader};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -46,18 +47,42 @@ impl Drop for Workers {
     }
 }
 
+/// Why the workers did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A `--listen` address cannot be bound: the user's to fix.
+    #[error(
+        "--listen {addr}: cannot listen: {error}; choose a free port or an address of this host"
+    )]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// A worker could not be started or died before it listened.
+    #[error("{0}")]
+    Worker(String),
+}
+
+impl StartError {
+    /// 2 for bad input (nothing was started), 3 when the host let a worker down.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Listen { .. } => 2,
+            StartError::Worker(_) => 3,
+        }
+    }
+}
+
 /// Starts the workers and waits until every one listens on every address. Call it from a
 /// thread that lives as long as the workers should: they are killed when it exits.
-pub fn start(args: &WorkerArgs) -> Result<Workers, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+pub fn start(args: &WorkerArgs) -> Result<Workers, StartError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| StartError::Worker(format!("cannot find this program: {e}")))?;
     // Held until the children listen: the port stays ours while they start.
     let mut reserved = Vec::with_capacity(args.listen.len());
     for addr in &args.listen {
-        let listener = super::bind_std(*addr, true).map_err(|e| {
-            format!(
-                "--listen {addr}: cannot listen: {e}; choose a free port or an address of this host"
-            )
-        })?;
+        let listener = super::bind_std(*addr, true)
+            .map_err(|error| StartError::Listen { addr: *addr, error })?;
         let bound = listener.local_addr().map_or(*addr, |a| a);
         reserved.push((listener, bound));
     }
@@ -89,12 +114,13 @@ pub fn start(args: &WorkerArgs) -> Result<Workers, String> {
         }
         let mut child = command
             .spawn()
-            .map_err(|e| format!("cannot start sink worker {index}: {e}"))?;
+            .map_err(|e| StartError::Worker(format!("cannot start sink worker {index}: {e}")))?;
         let stdout = child.stdout.take();
         workers.children.push(child);
         let admin = stdout
             .ok_or_else(|| format!("sink worker {index} has no output"))
-            .and_then(|out| ready(index, out, listening.len()))?;
+            .and_then(|out| ready(index, out, listening.len()))
+            .map_err(StartError::Worker)?;
         workers.admins.push(admin);
     }
     drop(reserved);
@@ -124,6 +150,48 @@ fn ready(index: usize, stdout: ChildStdout, addresses: usize) -> Result<SocketAd
 }
 
 impl Workers {
+    /// Watches the workers until `stop`: says which ones exit, and unless `quiet` prints their
+    /// totals once a second. An error when every worker has exited.
+    pub async fn supervise(
+        &mut self,
+        quiet: bool,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), String> {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut previous = (0, 0);
+        let mut reported = 0;
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let exited = self.exited();
+            for (index, status) in exited.iter().skip(reported) {
+                say(&format!(
+                    "stampede sink: worker {index} exited ({status}); its connections are gone"
+                ));
+            }
+            reported = reported.max(exited.len());
+            if exited.len() == self.len() {
+                return Err("every worker has exited".to_string());
+            }
+            if !quiet {
+                let (total, answered) = self.totals().await;
+                say(&format!(
+                    "sink: open {} accepted/s {} bytes/s {} accepted {} accept_errors {} workers {answered}/{}",
+                    total.open,
+                    total.accepted.saturating_sub(previous.0),
+                    total.bytes.saturating_sub(previous.1),
+                    total.accepted,
+                    total.accept_errors,
+                    self.len(),
+                ));
+                previous = (total.accepted, total.bytes);
+            }
+        }
+    }
+
     /// Every worker's counters summed, and how many workers answered.
     pub async fn totals(&self) -> (SinkStatus, usize) {
         let mut total = SinkStatus::default();
@@ -163,4 +231,9 @@ impl Workers {
     pub fn is_empty(&self) -> bool {
         self.children.is_empty()
     }
+}
+
+/// One line on stderr; a closed stderr is no reason to stop supervising.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
