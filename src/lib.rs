@@ -21,6 +21,7 @@
 //! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
 //! - `sink`: the built-in echo-and-hold target.
 //! - `nlb`: an AWS Network Load Balancer emulator (port allocation, idle timeout, draining).
+//! - `http`: the tiny HTTP/1.1 server and client behind the admin and metrics endpoints.
 //! - `host` and `doctor`: this host's limits and whether a plan fits.
 
 pub mod agent;
@@ -29,6 +30,7 @@ pub mod collect;
 pub mod coordinator;
 pub mod doctor;
 pub mod host;
+pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod nlb;

@@ -1,17 +1,16 @@
 //! `--metrics-listen ADDR`: the latest `LiveSnapshot` in Prometheus text exposition format
 //! (version 0.0.4) at `GET /metrics`, so Grafana can follow a run.
 //!
-//! A deliberately tiny HTTP/1.1 server: one request per connection, bounded head size and time,
-//! `Connection: close`. It only reads the `watch` channel; a slow or hostile scraper costs one
+//! Served by `crate::http` (one request per connection, bounded head size and time,
+//! `Connection: close`). It only reads the `watch` channel; a slow or hostile scraper costs one
 //! task and never touches the load.
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use crate::http::{Request, Response, serve_http};
 use crate::live::{LiveRx, LiveSnapshot, RunState};
 use crate::metrics::{ErrorKind, Latency};
 use crate::report::Outcome;
@@ -24,102 +23,31 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub const MAX_SCOPE_SERIES: usize = 1000;
 /// Quantiles of the latency summaries.
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
-const MAX_HEAD: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `/metrics` until `shutdown` completes.
+/// Serves `/metrics` (GET or HEAD) until `shutdown` completes.
 pub async fn run(listener: TcpListener, live_rx: LiveRx, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let live_rx = live_rx.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, live_rx)).await;
-                    });
-                }
-                // Out of descriptors, most likely (the run holds many): back off, keep serving.
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            },
-        }
-    }
-}
-
-async fn serve(mut stream: TcpStream, live_rx: LiveRx) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let complete = loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") {
-            break true;
-        }
-        if head.len() > MAX_HEAD {
-            break false;
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break false;
-        }
-        head.extend_from_slice(&buf[..n]);
-    };
-    let request_line = head
-        .split(|b| *b == b'\n')
-        .next()
-        .and_then(|line| std::str::from_utf8(line).ok())
-        .map(|line| line.trim_end_matches('\r'))
-        .unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    let response = match (complete, method, target, version) {
-        (true, Some(method), Some(target), Some(v)) if v.starts_with("HTTP/1.") => {
-            let path = target.split('?').next().unwrap_or(target);
-            match (method, path) {
-                ("GET" | "HEAD", "/metrics") => {
-                    let snapshot = live_rx.borrow().clone();
-                    let body = render(snapshot.as_deref());
-                    response("200 OK", CONTENT_TYPE, body, method == "HEAD")
-                }
-                ("GET" | "HEAD", _) => response(
-                    "404 Not Found",
-                    "text/plain; charset=utf-8",
-                    "stampede serves its live metrics at /metrics\n".into(),
-                    method == "HEAD",
-                ),
-                _ => response(
-                    "405 Method Not Allowed",
-                    "text/plain; charset=utf-8",
-                    "only GET and HEAD\n".into(),
-                    false,
-                ),
+    let respond = move |request: &Request| {
+        let head_only = request.method == "HEAD";
+        let response = match (request.method.as_str(), request.path.as_str()) {
+            ("GET" | "HEAD", "/metrics") => {
+                let snapshot = live_rx.borrow().clone();
+                Response::text("200 OK", CONTENT_TYPE, render(snapshot.as_deref()))
             }
-        }
-        _ => response(
-            "400 Bad Request",
-            "text/plain; charset=utf-8",
-            "bad request\n".into(),
-            false,
-        ),
+            ("GET" | "HEAD", _) => Response::text(
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "stampede serves its live metrics at /metrics\n".into(),
+            ),
+            _ => Response::text(
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                "only GET and HEAD\n".into(),
+            )
+            .allow("GET, HEAD"),
+        };
+        response.encode(head_only)
     };
-    stream.write_all(&response).await?;
-    stream.shutdown().await
-}
-
-fn response(status: &str, content_type: &str, body: String, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status.starts_with("405") {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(body.as_bytes());
-    }
-    bytes
+    serve_http(listener, respond, shutdown).await;
 }
 
 /// Writes families in the text format: `# HELP`, `# TYPE`, then samples.

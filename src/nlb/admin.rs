@@ -2,7 +2,7 @@
 //! (Prometheus text), `GET /metrics.json`, `POST /targets/ADDR/deregister` and
 //! `POST /targets/ADDR/register`. And the client the harness uses.
 //!
-//! Served by the sink's tiny HTTP/1.1 server (`sink::admin::serve_http`: one request per
+//! Served by stampede's tiny HTTP/1.1 server (`crate::http`: one request per
 //! connection, bounded head, body and time); no authentication, so keep it on loopback or a
 //! private network.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::{Balancer, NlbMetrics};
-use crate::sink::admin::{Request, Response, call, serve_http};
+use crate::http::{Request, Response, call, serve_http};
 
 /// Register or deregister, for `admin_target`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

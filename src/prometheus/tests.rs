@@ -1,6 +1,9 @@
 //! Unit tests of `prometheus`.
 
 use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::tui::fixture;
 
 #[test]
