@@ -1,15 +1,12 @@
-//! The agent side: opens, holds and measures connections.
+//! The engine: opens, holds and measures connections, for `run` and for a swarm's agents (`swarm`).
 //!
 //! - `pool`: which source address and target each connection slot uses, and capacity.
-//! - `socket`: socket2 construction (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `conn`: one plain TCP connection's state machine (connect, heartbeats, failure kinds).
 //! - `layered`: one connection of a protocol above TCP (connect, handshake, its heartbeats).
 //! - `publisher`: the MQTT fan-out publisher, one per agent on its first worker.
 //! - `table`: plain TCP connections without a task each: one epoll set and one timer queue
 //!   per worker.
 //! - `shard`: a worker thread with its own runtime, its slots and its histograms.
-//! - `session`: `stampede agent`, the link to a coordinator (handshake, plan, reports, lease).
-//! - `synthetic`: reporters without sockets, for benchmarking the coordinator.
 //!
 //! The engine gets the plan and its share, never a pre-expanded list of work. It does not
 //! print, decide outcomes or write files: it sends interval snapshots.
@@ -18,10 +15,7 @@ pub mod conn;
 mod layered;
 pub mod pool;
 mod publisher;
-pub mod session;
 pub(crate) mod shard;
-pub mod socket;
-pub mod synthetic;
 mod table;
 
 use std::sync::Arc;

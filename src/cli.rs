@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::doctor;
+use crate::doctor::plan as plan_text;
 use crate::profile::Profile;
-use crate::report::plan as plan_text;
 
 mod agent;
 mod nlb;

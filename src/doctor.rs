@@ -1,6 +1,8 @@
 //! `stampede doctor`: what this host allows, and with a profile, how much of the plan fits here
 //! and the exact commands that fix each shortfall. Reads only; changes nothing.
 
+pub mod plan;
+
 use std::fmt::Write;
 use std::net::SocketAddr;
 

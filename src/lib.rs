@@ -10,19 +10,23 @@
 //! - `protocol`: protocols above TCP (TLS, WebSocket, MQTT, HTTP/2): handshakes, heartbeats,
 //!   server-sent messages and their send-time stamps, failure classification, client and sink
 //!   side.
+//! - `net`: client sockets with socket2 (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
 //! - `collect`: merges interval snapshots from workers or agents into every output.
-//! - `wire` and `coordinator`: the swarm protocol and the process that drives agents.
+//! - `wire`, `coordinator` and `swarm`: the swarm protocol, the process that drives agents,
+//!   and an agent's side of it (`stampede agent`).
 //! - `live`: per-second snapshots for live views, and the controls they send back.
 //! - `tui`: the live terminal dashboard (ratatui), a consumer of live snapshots.
 //! - `prometheus`: live snapshots as Prometheus metrics (`--metrics-listen`).
 //! - `views`: starts the dashboard and the metrics endpoint around a run, and drives it.
-//! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, plan text.
+//! - `report`: `summary.json`, the human summary, the HdrHistogram log, JUnit, the HTML report
+//!   and `compare`.
 //! - `sink`: the built-in echo-and-hold target.
 //! - `nlb`: an AWS Network Load Balancer emulator (port allocation, idle timeout, draining).
 //! - `http`: the tiny HTTP/1.1 server and client behind the admin and metrics endpoints.
-//! - `host` and `doctor`: this host's limits and whether a plan fits.
+//! - `host` and `doctor`: this host's limits and whether a plan fits (`doctor::plan` is
+//!   `profile check`'s text).
 
 pub mod agent;
 pub mod cli;
@@ -33,6 +37,7 @@ pub mod host;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod net;
 pub mod nlb;
 pub mod profile;
 pub mod prometheus;
@@ -40,6 +45,7 @@ pub mod protocol;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod swarm;
 pub mod tui;
 pub mod views;
 pub mod wire;

@@ -35,7 +35,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use admin::{TargetChange, admin_metrics, admin_target, serve_admin};
+pub use crate::profile::TargetChange;
+pub use admin::{admin_metrics, admin_target, serve_admin};
 pub use link::{NlbLive, NlbSummary, NlbWatch};
 use metrics::Counters;
 pub use metrics::{CountersSnapshot, NlbMetrics, NodeMetrics, TargetMetrics};

@@ -174,11 +174,27 @@ pub enum Phase {
     /// Blue/green through a load balancer: at the phase's start, deregister or register
     /// `target` at the NLB emulator named by the profile's `nlb.admin`.
     Nlb {
-        change: crate::nlb::TargetChange,
+        change: TargetChange,
         target: SocketAddr,
         duration: Duration,
         reconnect: Option<ReconnectPolicy>,
     },
+}
+
+/// Register or deregister a target of the NLB emulator (an `nlb` phase, `admin_target`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetChange {
+    Register,
+    Deregister,
+}
+
+impl TargetChange {
+    pub fn verb(self) -> &'static str {
+        match self {
+            TargetChange::Register => "register",
+            TargetChange::Deregister => "deregister",
+        }
+    }
 }
 
 /// The NLB emulator (`stampede nlb`) a profile runs through: its admin endpoint, scraped into

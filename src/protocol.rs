@@ -24,6 +24,7 @@ pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpStream;
 
@@ -274,7 +275,7 @@ impl Acceptor {
 
     /// Handshakes and then echoes until the client goes away or the task is aborted,
     /// counting echoed bytes and TLS handshakes in `stats`.
-    pub async fn serve(&self, tcp: TcpStream, stats: &crate::sink::SinkStats) {
+    pub async fn serve(&self, tcp: TcpStream, stats: &SinkStats) {
         let _ = tcp.set_nodelay(true);
         match self {
             // The sink keeps its own lean path for plain TCP.
@@ -434,5 +435,40 @@ impl SinkProtocol {
                 ));
             }
         })
+    }
+}
+
+/// Counters of a running sink (`sink::SinkStats`). Written by its tasks, the protocol servers
+/// here among them, and read by whoever prints stats.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    pub bytes: AtomicU64,
+    pub accept_errors: AtomicU64,
+    /// TLS handshakes completed (tls and wss), and how many of them resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
+}
+
+impl SinkStats {
+    pub fn line(&self, previous: &mut (u64, u64)) -> String {
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let line = format!(
+            "sink: open {} accepted/s {} bytes/s {} accepted {} accept_errors {}",
+            self.open.load(Ordering::Relaxed),
+            accepted - previous.0,
+            bytes - previous.1,
+            accepted,
+            self.accept_errors.load(Ordering::Relaxed),
+        );
+        *previous = (accepted, bytes);
+        let handshakes = self.tls_handshakes.load(Ordering::Relaxed);
+        if handshakes > 0 {
+            let resumed = self.tls_resumed.load(Ordering::Relaxed);
+            return format!("{line} tls_handshakes {handshakes} tls_resumed {resumed}");
+        }
+        line
     }
 }

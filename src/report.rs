@@ -7,7 +7,6 @@ pub mod hlog;
 pub mod html;
 pub mod intervals;
 pub mod junit;
-pub mod plan;
 pub mod summary;
 pub mod text;
 

@@ -139,7 +139,7 @@ pub fn preflight(input: PreflightInput<'_>) -> Result<Preflight, RunError> {
         }
     }
     if let Some(range) = pool.port_range {
-        crate::agent::socket::probe_port_range_support(range).map_err(RunError::Plan)?;
+        crate::net::probe_port_range_support(range).map_err(RunError::Plan)?;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = input

@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::protocol::Acceptor;
+pub use crate::protocol::SinkStats;
 pub use action::{ACTION_NAMES, SinkAction};
 pub use admin::{admin_apply, admin_request, admin_stats, serve_admin};
 use control::{ConnId, ListenerRx};
@@ -41,40 +42,6 @@ pub use control::{ControlError, SinkControl, SinkStatus};
 
 /// Listen backlog asked for; the kernel caps it at `net.core.somaxconn`.
 pub const BACKLOG: i32 = 65_535;
-
-/// Counters of a running sink. Written by its tasks, read by whoever prints stats.
-#[derive(Debug, Default)]
-pub struct SinkStats {
-    pub open: AtomicU64,
-    pub accepted: AtomicU64,
-    pub bytes: AtomicU64,
-    pub accept_errors: AtomicU64,
-    /// TLS handshakes completed (tls and wss), and how many of them resumed a session.
-    pub tls_handshakes: AtomicU64,
-    pub tls_resumed: AtomicU64,
-}
-
-impl SinkStats {
-    pub fn line(&self, previous: &mut (u64, u64)) -> String {
-        let accepted = self.accepted.load(Ordering::Relaxed);
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let line = format!(
-            "sink: open {} accepted/s {} bytes/s {} accepted {} accept_errors {}",
-            self.open.load(Ordering::Relaxed),
-            accepted - previous.0,
-            bytes - previous.1,
-            accepted,
-            self.accept_errors.load(Ordering::Relaxed),
-        );
-        *previous = (accepted, bytes);
-        let handshakes = self.tls_handshakes.load(Ordering::Relaxed);
-        if handshakes > 0 {
-            let resumed = self.tls_resumed.load(Ordering::Relaxed);
-            return format!("{line} tls_handshakes {handshakes} tls_resumed {resumed}");
-        }
-        line
-    }
-}
 
 /// Binds a listener with `SO_REUSEADDR`, `SO_REUSEPORT` and a large backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {

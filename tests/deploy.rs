@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use common::{SinkProcess, bin, read_json, repo};
 use serde_json::Value;
-use stampede::agent::session::Cidr;
 use stampede::cli::{SUMMARY_BEGIN, SUMMARY_END};
 use stampede::profile::sources::PortRange;
 use stampede::profile::{Profile, TargetSpec};
+use stampede::swarm::session::Cidr;
 
 /// The Kubernetes version the manifests are checked against.
 const KUBERNETES: &str = "1.34.0";

@@ -565,7 +565,7 @@ async fn resets_from_either_end_are_passed_on_and_counted() {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut buf = [0u8; 1];
             let _ = stream.read(&mut buf).await;
-            stampede::agent::socket::set_linger_zero(stream.as_raw_fd());
+            stampede::net::set_linger_zero(stream.as_raw_fd());
         }
     });
     let lb = start(config(vec![resetting], 1)).await;
@@ -577,7 +577,7 @@ async fn resets_from_either_end_are_passed_on_and_counted() {
     let lb = start(config(vec![sink.addr], 1)).await;
     let mut flow = TcpStream::connect(lb.addr).await.unwrap();
     echo(&mut flow, b"hi").await.unwrap();
-    stampede::agent::socket::set_linger_zero(flow.as_raw_fd());
+    stampede::net::set_linger_zero(flow.as_raw_fd());
     drop(flow);
     let metrics = wait_metrics(&lb.nlb, "a client reset", |m| m.total.client_resets == 1).await;
     assert_eq!(metrics.total.active, 0);

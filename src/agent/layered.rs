@@ -56,7 +56,7 @@ pub(crate) async fn connect(
 ) -> Result<tokio::net::TcpStream, ErrorKind> {
     let pool = &shard.plan.pool;
     let stream =
-        super::socket::start_connect(pool.sources[source], pool.targets[target], pool.port_range)
+        crate::net::start_connect(pool.sources[source], pool.targets[target], pool.port_range)
             .map_err(|e| ErrorKind::from_io(&e))?;
     match timeout_at(deadline, stream.writable()).await {
         Err(_) => Err(ErrorKind::ConnectTimeout),

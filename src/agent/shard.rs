@@ -411,7 +411,7 @@ pub(crate) async fn run(
                                 continue;
                             }
                             if reset {
-                                super::socket::set_linger_zero(fd);
+                                crate::net::set_linger_zero(fd);
                             }
                             shard.went_down();
                             if let Some(handle) = slots.get_mut(index).and_then(Option::take) {

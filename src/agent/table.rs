@@ -227,7 +227,7 @@ impl Table {
             return;
         }
         if reset {
-            super::socket::set_linger_zero(self.conns[index].fd);
+            crate::net::set_linger_zero(self.conns[index].fd);
         }
         if self.conns[index].is_up() {
             shard.went_down();
@@ -298,7 +298,7 @@ impl Table {
             }
         }
         let pool = &shard.plan.pool;
-        let started = super::socket::start_connect_fd(
+        let started = crate::net::start_connect_fd(
             pool.sources[source],
             pool.targets[target],
             pool.port_range,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{eprint_line, parse_duration_arg, read_token};
-use crate::agent::session::{self, AgentOptions, Cidr};
 use crate::collect::Outputs;
+use crate::swarm::session::{self, AgentOptions, Cidr};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -107,7 +107,7 @@ pub async fn agent_command(args: AgentArgs) -> i32 {
     };
     let name = options.name.clone();
     let result = match synthetic {
-        Some(count) => crate::agent::synthetic::run(options, usize::from(count)).await,
+        Some(count) => crate::swarm::synthetic::run(options, usize::from(count)).await,
         None => session::run(options).await,
     };
     match result {

@@ -14,22 +14,7 @@ use tokio::net::TcpListener;
 
 use super::{Balancer, NlbMetrics};
 use crate::http::{Request, Response, call, serve_http};
-
-/// Register or deregister, for `admin_target`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetChange {
-    Register,
-    Deregister,
-}
-
-impl TargetChange {
-    fn verb(self) -> &'static str {
-        match self {
-            TargetChange::Register => "register",
-            TargetChange::Deregister => "deregister",
-        }
-    }
-}
+use crate::profile::TargetChange;
 
 /// Serves the admin endpoint until `shutdown` completes.
 pub async fn serve_admin(

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::metrics::Counters;
 use super::pool::PortLease;
 use super::{Exhaustion, Nlb};
-use crate::agent::socket::{set_linger_zero, start_connect};
+use crate::net::{set_linger_zero, start_connect};
 
 /// How long the emulator waits for a target to accept (a real NLB retries its SYN about as
 /// long before giving up on the flow).

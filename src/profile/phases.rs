@@ -8,7 +8,7 @@ use super::raw::{
     RawCutover, RawDrain, RawHold, RawNlbPhase, RawPhase, RawRamp, RawServer, RawStorm,
 };
 use super::reconnect::{RawReconnect, ReconnectPolicy};
-use super::{CloseMode, DrainShape, Phase, ProfileError, ServerAction, duration_at};
+use super::{CloseMode, DrainShape, Phase, ProfileError, ServerAction, TargetChange, duration_at};
 
 /// What a phase may depend on outside itself.
 pub(super) struct Context {
@@ -172,8 +172,8 @@ fn nlb(at: &str, phase: RawNlbPhase, context: &Context) -> Result<Phase, Profile
         ));
     }
     let change = match phase.action.as_str() {
-        "deregister" => crate::nlb::TargetChange::Deregister,
-        "register" => crate::nlb::TargetChange::Register,
+        "deregister" => TargetChange::Deregister,
+        "register" => TargetChange::Register,
         other => {
             return Err(ProfileError::at(
                 format!("{at}.do"),

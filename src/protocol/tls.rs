@@ -437,7 +437,7 @@ pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub async fn accept(
     config: Arc<ServerConfig>,
     tcp: TcpStream,
-    stats: &crate::sink::SinkStats,
+    stats: &super::SinkStats,
 ) -> Option<ServerStream> {
     let stream = tokio_rustls::TlsAcceptor::from(config)
         .accept(tcp)

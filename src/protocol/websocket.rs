@@ -201,7 +201,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn serve(&self, tcp: TcpStream, stats: &crate::sink::SinkStats) {
+    pub async fn serve(&self, tcp: TcpStream, stats: &super::SinkStats) {
         match &self.tls {
             None => self.upgrade_and_echo(tcp, &stats.bytes).await,
             Some(config) => {

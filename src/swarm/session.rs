@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::{Engine, EnginePlan};
+use crate::agent::{Engine, EnginePlan};
 use crate::collect::{Collector, Outputs, Progress, open_outputs};
 use crate::coordinator::{HANDSHAKE_TIMEOUT, unix_us};
 use crate::profile::{PlanAddress, Profile, SourceSpec, TargetSpec, sources, timeline};

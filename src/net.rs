@@ -1,5 +1,6 @@
-//! Client sockets built with socket2: no port reserved at `bind`, an optional
-//! per-socket port range, and a non-blocking connect handed to tokio.
+//! Client sockets built with socket2, shared by the agents and the NLB emulator: no port
+//! reserved at `bind`, an optional per-socket port range, and a non-blocking connect handed to
+//! tokio.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
