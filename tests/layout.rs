@@ -1,0 +1,149 @@
+//! The tree's shape, as ARCHITECTURE.md draws it: no import circle between the crate's
+//! top-level modules. Reads src/ as text (non-test code, comments left out), so a new
+//! `use crate::...` that closes a circle fails here with the circle named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The module path of a file under src/ (`src/nlb/kernel.rs` is `["nlb", "kernel"]`).
+fn module_path(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The identifiers following each `prefix` in `code`.
+fn names_after<'a>(code: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    code.match_indices(prefix).filter_map(move |(at, _)| {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            return None;
+        }
+        let rest = &code[at + prefix.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        (end > 0).then(|| &rest[..end])
+    })
+}
+
+/// Top-level module -> the top-level modules its code names.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| module_path(&src, f).first().cloned())
+        .filter(|m| m != "lib" && m != "main")
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let path = module_path(&src, file);
+        let Some(top) = path.first().filter(|m| modules.contains(*m)) else {
+            continue;
+        };
+        if path.last().is_some_and(|p| p == "tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        let text = text.split("#[cfg(test)]\nmod tests {").next().unwrap_or("");
+        let code: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut named: Vec<&str> = names_after(&code, "crate::").collect();
+        // `super::` from a top-level module's own file is the crate root.
+        if path.len() == 1 {
+            named.extend(names_after(&code, "super::"));
+        }
+        let edges = graph.entry(top.clone()).or_default();
+        for name in named {
+            if name != top && modules.contains(name) {
+                edges.insert(name.to_string());
+            }
+        }
+    }
+    graph
+}
+
+/// A circle through `start`, if there is one (depth-first search back to it).
+fn circle_through(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
+    fn walk(
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        start: &str,
+        at: &str,
+        path: &mut Vec<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
+        for next in graph.get(at).into_iter().flatten() {
+            if next == start {
+                return true;
+            }
+            if seen.insert(next.clone()) {
+                path.push(next.clone());
+                if walk(graph, start, next, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start.to_string()];
+    let mut seen = BTreeSet::new();
+    walk(graph, start, start, &mut path, &mut seen).then(|| {
+        path.push(start.to_string());
+        path
+    })
+}
+
+#[test]
+fn no_import_circle_between_top_level_modules() {
+    let graph = graph();
+    // The check itself must see the tree: these edges exist by design.
+    assert!(graph["run"].contains("agent"), "{graph:?}");
+    assert!(graph["coordinator"].contains("wire"), "{graph:?}");
+    let circles: Vec<String> = graph
+        .keys()
+        .filter_map(|m| circle_through(&graph, m))
+        .map(|c| c.join(" -> "))
+        .collect();
+    assert!(
+        circles.is_empty(),
+        "import circles between top-level modules (break them as ARCHITECTURE.md says):\n{}",
+        circles.join("\n")
+    );
+}
+
+#[test]
+fn the_circle_check_finds_a_circle() {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    graph.entry("a".into()).or_default().insert("b".into());
+    graph.entry("b".into()).or_default().insert("c".into());
+    graph.entry("c".into()).or_default().insert("a".into());
+    assert_eq!(
+        circle_through(&graph, "a").map(|c| c.join(" -> ")),
+        Some("a -> b -> c -> a".to_string())
+    );
+    graph.entry("c".into()).or_default().remove("a");
+    assert_eq!(circle_through(&graph, "a"), None);
+}
