@@ -562,6 +562,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "measures real CPU time spent validating; no runtime involved"
+    )]
     fn the_largest_source_list_validates_in_linear_time() {
         let profile = |addrs: serde_json::Value| {
             serde_json::json!({

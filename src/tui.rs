@@ -166,6 +166,10 @@ mod tests {
     struct Script(VecDeque<Event>);
 
     impl Input for Script {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "stands in for the blocking terminal input thread, which waits in wall time"
+        )]
         fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
             match self.0.pop_front() {
                 Some(event) => Ok(Some(event)),
@@ -188,6 +192,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a plain thread plays the run against the blocking UI loop, in wall time"
+    )]
     fn q_then_y_stops_the_run_and_the_final_snapshot_ends_the_loop() {
         let (live_tx, mut live_rx) = tokio::sync::watch::channel(Some(snapshot(RunState::Running)));
         let (control_tx, mut control_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -1,6 +1,11 @@
 //! The dashboard as a person sees it: the real binary in a real terminal (tmux on a private
 //! socket), read with capture-pane, driven with send-keys.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::path::Path;

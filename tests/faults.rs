@@ -8,6 +8,11 @@
 //! coordinator frozen or killed (tests/swarm.rs), the sink killed mid-hold without reconnects
 //! and SIGINT mid-hold (tests/failures.rs).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};

@@ -6,6 +6,11 @@
 //! tests/swarm.rs already covers one garbage frame, one oversized frame, another protocol
 //! version and a wrong token file from a real agent; this goes further, in bulk and mid-run.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -3,6 +3,11 @@
 //! and a storm per protocol (every connection dropped by the sink, re-established, every
 //! handshake timed).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};

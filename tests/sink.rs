@@ -1,5 +1,10 @@
 //! `stampede sink` as a user runs it: readiness line, echo, and the per-second stats line.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::io::{BufReader, Read, Write};

@@ -1,6 +1,11 @@
 //! The swarm on loopback, as separate processes: lossless merging, loss of an agent, loss of
 //! the coordinator (dead-man switch), and every refusal.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

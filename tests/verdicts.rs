@@ -2,6 +2,11 @@
 //! A real L4 proxy (Debian's haproxy) with an application-level connection limit in front of
 //! the sink, a storm whose target never comes back, and the plan checks that exit 1.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};

@@ -268,6 +268,10 @@ impl KernelNlb {
             return Err(e);
         }
         let poller = Arc::downgrade(&nlb);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain OS thread polls the kernel's counters; no tokio runtime runs here"
+        )]
         std::thread::Builder::new()
             .name("nlb-kernel-poll".into())
             .spawn(move || {
@@ -815,6 +819,10 @@ impl KernelNlb {
             })
             .map_err(|e| format!("cannot start the event reader: {e}"))?;
         let plan = self.plan.clone();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a plain OS thread batches freed slots for 20 ms of wall time around a blocking recv_timeout"
+        )]
         std::thread::Builder::new()
             .name("nlb-kernel-slots".into())
             .spawn(move || {

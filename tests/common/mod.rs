@@ -1,4 +1,9 @@
 //! Shared helpers for integration tests: real servers on loopback, the real binary, schemas.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
