@@ -3,10 +3,14 @@
 //! and ends with the same summary, interval log and exit codes as `run`.
 //!
 //! It holds no load connections itself. A misbehaving peer costs it one session, never the run.
-//! `local` runs a whole swarm on this host (`stampede run --agents N`).
+//! `admit` holds the accept loop and handshake, `play` the run stage, `remap` how agents'
+//! intervals land on the run's sources, `local` a whole swarm on this host (`run --agents N`).
 
+mod admit;
 pub mod gate;
 pub mod local;
+mod play;
+mod remap;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,22 +18,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 
-use crate::collect::{Collector, Outputs, Progress, RunResult, open_outputs};
+use crate::collect::{Outputs, Progress, RunResult, open_outputs};
 use crate::host;
-use crate::live::{AgentRow, Control, ControlRx, LiveTx};
-use crate::metrics::{IntervalSnapshot, Latency};
-use crate::profile::{AgentLoss, Profile, TargetSpec, timeline};
+use crate::live::{Control, ControlRx, LiveTx};
+use crate::nlb::NlbWatch;
+use crate::profile::{Profile, TargetSpec};
 use crate::report::hlog::HlogWriter;
-use crate::report::summary::AgentRecord;
+use crate::report::summary::AgentStatus;
 use crate::run::RunError;
-use crate::wire::{
-    self, AgentInfo, Message, Opener, PROTOCOL_VERSION, PlanMsg, Role, Sealer, WireError,
-};
-use gate::{Refusal, RefusalKind, RefusalLog};
+use crate::wire::{self, AgentInfo, Message, PlanMsg, WireError};
+use admit::{Joined, accept_loop};
+use play::Play;
+use remap::SourceLabels;
 
 /// How long a peer may take over each handshake step.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,230 +69,6 @@ fn log(text: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "stampede coordinator: {text}");
 }
-
-/// A peer that passed the handshake.
-struct Joined {
-    info: AgentInfo,
-    peer: SocketAddr,
-    stream: TcpStream,
-    /// The session's sealing ends: every frame after the handshake is authenticated.
-    sealer: Sealer,
-    opener: Opener,
-}
-
-async fn refuse(
-    mut stream: TcpStream,
-    kind: RefusalKind,
-    reason: String,
-) -> Result<Joined, Refusal> {
-    // A peer that does not read must not hold this task: the refusal is best effort.
-    let refused = Message::Refused {
-        reason: reason.clone(),
-    };
-    let _ = timeout(
-        Duration::from_secs(1),
-        wire::write_message(&mut stream, &refused),
-    )
-    .await;
-    Err(Refusal::new(kind, reason))
-}
-
-/// Authenticates one peer. Without a token only loopback peers are admitted.
-async fn handshake(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    token: Option<&[u8]>,
-) -> Result<Joined, Refusal> {
-    let step = |what: &'static str| {
-        move |_| {
-            Refusal::new(
-                RefusalKind::Timeout,
-                format!("no {what} within {HANDSHAKE_TIMEOUT:?}"),
-            )
-        }
-    };
-    let bad = |what: &'static str| {
-        move |e: WireError| Refusal::new(RefusalKind::Malformed, format!("bad {what}: {e}"))
-    };
-    let hello = timeout(
-        HANDSHAKE_TIMEOUT,
-        wire::read_message_limited(&mut stream, wire::HANDSHAKE_MAX_FRAME),
-    )
-    .await
-    .map_err(step("hello"))?
-    .map_err(bad("hello"))?;
-    let Message::Hello {
-        version,
-        nonce: agent_nonce,
-        mut info,
-    } = hello
-    else {
-        return Err(Refusal::new(
-            RefusalKind::Malformed,
-            "the first message was not a hello",
-        ));
-    };
-    // Before a peer has proven anything its name is only text to print, and printed safely.
-    info.name = gate::printable(&info.name, 128);
-    info.host = gate::printable(&info.host, 255);
-    if version != PROTOCOL_VERSION {
-        return refuse(stream, RefusalKind::Version, format!(
-            "agent {} speaks protocol version {version}, this coordinator speaks {PROTOCOL_VERSION}; run the same stampede release on both sides",
-            info.name
-        ))
-        .await;
-    }
-    if token.is_none() && !peer.ip().is_loopback() {
-        return refuse(stream, RefusalKind::NotLoopback, format!(
-            "agent {} connects from {}, but this coordinator has no token and admits only loopback agents; give both sides the same --token-file",
-            info.name,
-            peer.ip()
-        ))
-        .await;
-    }
-    let nonce = wire::nonce();
-    let proof = token.map_or_else(String::new, |t| {
-        wire::proof(t, "coordinator", &agent_nonce, &nonce)
-    });
-    wire::write_message(
-        &mut stream,
-        &Message::Challenge {
-            nonce: nonce.clone(),
-            proof,
-        },
-    )
-    .await
-    .map_err(bad("stream"))?;
-    let answer = timeout(
-        HANDSHAKE_TIMEOUT,
-        wire::read_message_limited(&mut stream, wire::HANDSHAKE_MAX_FRAME),
-    )
-    .await
-    .map_err(step("proof"))?
-    .map_err(bad("proof"))?;
-    let given = match answer {
-        Message::Proof { proof } => proof,
-        Message::Refused { reason } => {
-            return Err(Refusal::new(
-                RefusalKind::Token,
-                format!("agent {} gave up: {reason}", info.name),
-            ));
-        }
-        _ => {
-            return Err(Refusal::new(RefusalKind::Malformed, "expected a proof"));
-        }
-    };
-    match token {
-        Some(t) if !wire::verify(t, "agent", &nonce, &agent_nonce, &given) => {
-            return refuse(
-                stream,
-                RefusalKind::Token,
-                format!(
-                    "agent {} did not prove the token (wrong or missing --token-file)",
-                    info.name
-                ),
-            )
-            .await;
-        }
-        None if !given.is_empty() => {
-            return refuse(stream, RefusalKind::Token, format!(
-                "agent {} has a token but this coordinator has none; give both sides the same --token-file",
-                info.name
-            ))
-            .await;
-        }
-        _ => {}
-    }
-    wire::write_message(&mut stream, &Message::Welcome)
-        .await
-        .map_err(bad("stream"))?;
-    let (sealer, opener) = wire::session_keys(
-        token.unwrap_or_default(),
-        &agent_nonce,
-        &nonce,
-        Role::Coordinator,
-    );
-    Ok(Joined {
-        info,
-        peer,
-        stream,
-        sealer,
-        opener,
-    })
-}
-
-/// Accepts peers, authenticates each on its own task, and hands the admitted ones over until
-/// the swarm is full. Later peers are refused. Handshakes in flight are bounded and refusals
-/// are logged once per kind and window (see `gate`).
-async fn accept_loop(
-    listener: TcpListener,
-    token: Option<Vec<u8>>,
-    joined_tx: mpsc::Sender<Joined>,
-    full: Arc<AtomicBool>,
-) {
-    let token: Option<Arc<[u8]>> = token.map(Into::into);
-    let refusals = Arc::new(std::sync::Mutex::new(RefusalLog::default()));
-    let pending = Arc::new(tokio::sync::Semaphore::new(gate::MAX_PENDING_HANDSHAKES));
-    let note = |refusals: &std::sync::Mutex<RefusalLog>, peer, refusal: &Refusal| {
-        let lines = match refusals.lock() {
-            Ok(mut log) => log.refused(peer, refusal, Instant::now()),
-            Err(_) => Vec::new(),
-        };
-        lines.iter().for_each(|l| log(l));
-    };
-    let mut flush = tokio::time::interval(gate::LOG_WINDOW);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = flush.tick() => {
-                let lines = refusals.lock().map(|mut l| l.flush(Instant::now())).unwrap_or_default();
-                lines.iter().for_each(|l| log(l));
-                continue;
-            }
-        };
-        let Ok((stream, peer)) = accepted else {
-            // Out of files for a moment: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            drop(stream);
-            let busy = Refusal::new(
-                RefusalKind::Busy,
-                format!(
-                    "{} handshakes already in flight; dropped without reading",
-                    gate::MAX_PENDING_HANDSHAKES
-                ),
-            );
-            note(&refusals, peer, &busy);
-            continue;
-        };
-        let token = token.clone();
-        let joined_tx = joined_tx.clone();
-        let full = full.clone();
-        let refusals = refusals.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let outcome = if full.load(Ordering::Relaxed) {
-                refuse(
-                    stream,
-                    RefusalKind::Full,
-                    "the swarm is already complete".into(),
-                )
-                .await
-            } else {
-                handshake(stream, peer, token.as_deref()).await
-            };
-            match outcome {
-                Ok(joined) => {
-                    let _ = joined_tx.send(joined).await;
-                }
-                Err(refusal) => note(&refusals, peer, &refusal),
-            }
-        });
-    }
-}
-
 /// One joined agent during the run.
 struct Agent {
     info: AgentInfo,
@@ -308,15 +88,39 @@ struct Agent {
     interval_connects: u64,
     interval_p99: Option<u64>,
     started_us: Option<i64>,
-    status: &'static str,
+    status: AgentStatus,
     intervals_received: u64,
     last_interval: Option<u64>,
     late_reports: u64,
 }
 
 impl Agent {
+    fn new(info: AgentInfo, peer: SocketAddr, out_tx: mpsc::UnboundedSender<Message>) -> Agent {
+        Agent {
+            info,
+            peer,
+            out_tx,
+            offset_us: 0,
+            rtt_us: u64::MAX,
+            share: 0,
+            source_map: Vec::new(),
+            last_heard: Instant::now(),
+            last_report: None,
+            established: 0,
+            errors: 0,
+            open: 0,
+            interval_connects: 0,
+            interval_p99: None,
+            started_us: None,
+            status: AgentStatus::Running,
+            intervals_received: 0,
+            last_interval: None,
+            late_reports: 0,
+        }
+    }
+
     fn live(&self) -> bool {
-        self.status == "running"
+        self.status == AgentStatus::Running
     }
 }
 
@@ -364,7 +168,6 @@ fn describe(agents: &[Agent]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
 /// Drives a swarm through a profile.
 pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError> {
     let listen = options
@@ -403,17 +206,22 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
                 .into(),
         ));
     }
-    let nlb_watch = crate::nlb::NlbWatch::for_profile(&options.profile)
+    let nlb_watch = NlbWatch::for_profile(&options.profile)
         .await
         .map_err(RunError::Plan)?;
     // A directory that cannot be written is refused before anyone joins.
     let hlog = open_outputs(&options.outputs, &options.profile.name).map_err(RunError::Plan)?;
-    let expected = options.agents;
+    let roll = Roll {
+        expected: options.agents,
+        join_timeout: options.join_timeout,
+        allow_synthetic: options.allow_synthetic,
+        progress: options.progress,
+        listen,
+    };
     let full = Arc::new(AtomicBool::new(false));
-    let (joined_tx, mut joined_rx) = mpsc::channel::<Joined>(expected.max(1));
-    let listener = options.listener;
+    let (joined_tx, mut joined_rx) = mpsc::channel::<Joined>(roll.expected.max(1));
     let accept = tokio::spawn(accept_loop(
-        listener,
+        options.listener,
         options.token.clone(),
         joined_tx,
         full.clone(),
@@ -422,18 +230,14 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
         &mut options.control_rx,
         &mut joined_rx,
         &full,
-        OptionsRest {
+        Settings {
+            roll,
             profile: options.profile,
             profile_json: options.profile_json,
-            expected,
-            join_timeout: options.join_timeout,
             lease: options.lease,
-            allow_synthetic: options.allow_synthetic,
             targets: options.targets,
             outputs: options.outputs,
-            progress: options.progress,
             live_tx: options.live_tx,
-            listen,
             hlog,
             nlb_watch,
         },
@@ -443,86 +247,100 @@ pub async fn run(mut options: CoordinatorOptions) -> Result<RunResult, RunError>
     result
 }
 
-struct OptionsRest {
-    profile: Profile,
-    profile_json: Value,
+/// What the join stage needs: how many agents, how long to wait, and what to tell the user.
+struct Roll {
     expected: usize,
     join_timeout: Duration,
-    lease: Duration,
     allow_synthetic: bool,
-    targets: Option<Vec<SocketAddr>>,
-    outputs: Outputs,
     progress: Progress,
-    live_tx: Option<LiveTx>,
     listen: SocketAddr,
-    hlog: Option<HlogWriter>,
-    nlb_watch: Option<crate::nlb::NlbWatch>,
 }
 
+/// The run's settings once the listener is handed to the accept loop.
+struct Settings {
+    roll: Roll,
+    profile: Profile,
+    profile_json: Value,
+    lease: Duration,
+    targets: Option<Vec<SocketAddr>>,
+    outputs: Outputs,
+    live_tx: Option<LiveTx>,
+    hlog: Option<HlogWriter>,
+    nlb_watch: Option<NlbWatch>,
+}
+
+/// The joined agents and their sessions' events.
+struct Swarm {
+    agents: Vec<Agent>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    /// Kept so that `events_rx` stays open for the whole run, whatever the sessions do.
+    _events_tx: mpsc::UnboundedSender<Event>,
+}
+
+/// The planned start, on our clock.
+#[derive(Clone, Copy)]
+struct Start {
+    at: Instant,
+    unix_us: u64,
+}
+
+/// Joins, synchronises, plans, plays, and concludes: each stage below in turn.
 async fn drive(
     control_rx: &mut ControlRx,
     joined_rx: &mut mpsc::Receiver<Joined>,
     full: &AtomicBool,
-    o: OptionsRest,
+    mut o: Settings,
 ) -> Result<RunResult, RunError> {
-    // 1. Wait for every agent, within a bound.
-    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<Event>();
-    let mut agents: Vec<Agent> = Vec::with_capacity(o.expected);
-    let join_deadline = Instant::now() + o.join_timeout;
-    if o.progress != Progress::Silent {
+    let mut swarm = join_all(control_rx, joined_rx, &o.roll).await?;
+    full.store(true, Ordering::Relaxed);
+    swarm.probe_clocks().await?;
+    let start = swarm.send_plans(&o)?;
+    let (sources, targets) = swarm.await_ready().await?;
+    let mut play = Play::new(swarm, &mut o, start, sources, targets);
+    play.run(control_rx, &o).await;
+    Ok(play.conclude(o).await)
+}
+
+/// Stage 1: waits for every agent, within a bound. Later peers are refused by the accept loop.
+async fn join_all(
+    control_rx: &mut ControlRx,
+    joined_rx: &mut mpsc::Receiver<Joined>,
+    roll: &Roll,
+) -> Result<Swarm, RunError> {
+    let (events_tx, events_rx) = mpsc::unbounded_channel::<Event>();
+    let mut agents: Vec<Agent> = Vec::with_capacity(roll.expected);
+    let join_deadline = Instant::now() + roll.join_timeout;
+    let talk = roll.progress != Progress::Silent;
+    if talk {
         log(&format!(
             "listening on {}, waiting for {} agent(s)",
-            o.listen, o.expected
+            roll.listen, roll.expected
         ));
     }
-    while agents.len() < o.expected {
+    while agents.len() < roll.expected {
         tokio::select! {
             joined = joined_rx.recv() => {
                 let Some(joined) = joined else { break };
-                if o.progress != Progress::Silent {
-                    log(&format!("agent {} joined from {} ({}/{})", joined.info.name, joined.peer, agents.len() + 1, o.expected));
+                if talk {
+                    log(&format!("agent {} joined from {} ({}/{})", joined.info.name, joined.peer, agents.len() + 1, roll.expected));
                 }
-                if joined.info.synthetic && !o.allow_synthetic && !agents.iter().any(|a| a.info.synthetic) {
+                if joined.info.synthetic && !roll.allow_synthetic && !agents.iter().any(|a| a.info.synthetic) {
                     log(&format!(
                         "agent {} is synthetic (made-up figures, no load): this run cannot pass without --allow-synthetic",
                         joined.info.name
                     ));
                 }
-                let index = agents.len();
                 let (info, peer) = (joined.info.clone(), joined.peer);
-                let out_tx = spawn_session(index, joined, events_tx.clone());
-                agents.push(Agent {
-                    info,
-                    peer,
-                    out_tx,
-                    offset_us: 0,
-                    rtt_us: u64::MAX,
-                    share: 0,
-                    source_map: Vec::new(),
-                    last_heard: Instant::now(),
-                    last_report: None,
-                    established: 0,
-                    errors: 0,
-                    open: 0,
-                    interval_connects: 0,
-                    interval_p99: None,
-                    started_us: None,
-                    status: "running",
-                    intervals_received: 0,
-                    last_interval: None,
-                    late_reports: 0,
-                });
+                let out_tx = spawn_session(agents.len(), joined, events_tx.clone());
+                agents.push(Agent::new(info, peer, out_tx));
             }
             () = tokio::time::sleep_until(join_deadline) => {
-                let stop = Message::Stop { reason: "not every agent joined".into() };
-                for a in &agents {
-                    let _ = a.out_tx.send(stop.clone());
-                }
+                stop_all(&agents, "not every agent joined");
                 return Err(RunError::Fatal(format!(
                     "only {} of {} agents joined within {:?} (joined: {}); start the missing ones with `stampede agent --coordinator {}`",
-                    agents.len(), o.expected, o.join_timeout,
+                    agents.len(), roll.expected, roll.join_timeout,
                     if agents.is_empty() { "none".to_string() } else { describe(&agents) },
-                    o.listen
+                    roll.listen
                 )));
             }
             control = control_rx.recv() => {
@@ -532,349 +350,319 @@ async fn drive(
             }
         }
     }
-    full.store(true, Ordering::Relaxed);
-    let abort_all = |agents: &[Agent], reason: &str| {
-        for a in agents {
-            let _ = a.out_tx.send(Message::Stop {
-                reason: reason.to_string(),
-            });
-        }
-    };
+    Ok(Swarm {
+        agents,
+        events_rx,
+        _events_tx: events_tx,
+    })
+}
 
-    // 2. Measure each agent's clock offset: three pings, keep the fastest round trip.
-    for round in 0..3u64 {
-        let sent: Vec<(u64, Instant)> = agents
-            .iter()
-            .map(|a| {
-                let _ = a.out_tx.send(Message::Ping { id: round });
-                (unix_us(), Instant::now())
-            })
-            .collect();
-        let mut answered = 0;
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        while answered < agents.len() {
-            let event = tokio::time::timeout_at(deadline, events_rx.recv()).await;
-            match event {
-                Ok(Some((i, Ok(Message::Pong { id, clock_us })))) if id == round => {
-                    let (sent_us, sent_at) = sent[i];
-                    let rtt = sent_at.elapsed().as_micros() as u64;
-                    let agent = &mut agents[i];
-                    if rtt < agent.rtt_us {
-                        agent.rtt_us = rtt;
-                        agent.offset_us = clock_us as i64 - (sent_us + rtt / 2) as i64;
+fn stop_all(agents: &[Agent], reason: &str) {
+    for a in agents {
+        let _ = a.out_tx.send(Message::Stop {
+            reason: reason.to_string(),
+        });
+    }
+}
+
+impl Swarm {
+    /// Stage 2: measures each agent's clock offset: three pings, keeping the fastest round trip.
+    async fn probe_clocks(&mut self) -> Result<(), RunError> {
+        let agents = &mut self.agents;
+        for round in 0..3u64 {
+            let sent: Vec<(u64, Instant)> = agents
+                .iter()
+                .map(|a| {
+                    let _ = a.out_tx.send(Message::Ping { id: round });
+                    (unix_us(), Instant::now())
+                })
+                .collect();
+            let mut answered = 0;
+            let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+            while answered < agents.len() {
+                let event = tokio::time::timeout_at(deadline, self.events_rx.recv()).await;
+                match event {
+                    Ok(Some((i, Ok(Message::Pong { id, clock_us })))) if id == round => {
+                        let (sent_us, sent_at) = sent[i];
+                        let rtt = sent_at.elapsed().as_micros() as u64;
+                        let agent = &mut agents[i];
+                        if rtt < agent.rtt_us {
+                            agent.rtt_us = rtt;
+                            agent.offset_us = clock_us as i64 - (sent_us + rtt / 2) as i64;
+                        }
+                        answered += 1;
                     }
-                    answered += 1;
+                    Ok(Some((i, Err(e)))) => return Err(left_before_start(agents, i, &e)),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        stop_all(agents, "clock probe timed out");
+                        return Err(RunError::Fatal(
+                            "agents did not answer the clock probe in time".into(),
+                        ));
+                    }
                 }
-                Ok(Some((i, Err(e)))) => return Err(left_before_start(&agents, i, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage 3: splits the plan by capacity and sends each agent its share and start time,
+    /// or refuses a plan the swarm cannot hold.
+    fn send_plans(&mut self, o: &Settings) -> Result<Start, RunError> {
+        let agents = &mut self.agents;
+        let peak = o.profile.peak_connections();
+        let weights: Vec<u64> = agents
+            .iter()
+            .map(|a| a.info.fd_limit.saturating_sub(host::FD_RESERVE))
+            .collect();
+        let capacity: u64 = weights.iter().sum();
+        if capacity < peak {
+            stop_all(agents, "the swarm cannot hold the plan");
+            let each: Vec<String> = agents
+                .iter()
+                .zip(&weights)
+                .map(|(a, w)| format!("{} {w}", a.info.name))
+                .collect();
+            return Err(RunError::Plan(format!(
+                "the swarm can hold {capacity} connections ({}) but the plan needs {peak}; add agents or raise their file limits",
+                each.join(", ")
+            )));
+        }
+        let max_rtt = agents.iter().map(|a| a.rtt_us).max().unwrap_or(0);
+        let lead_us = 300_000 + 4 * max_rtt.min(1_000_000);
+        let start = Start {
+            unix_us: unix_us() + lead_us,
+            at: Instant::now() + Duration::from_micros(lead_us),
+        };
+        let targets_text = o
+            .targets
+            .as_ref()
+            .map(|t| t.iter().map(ToString::to_string).collect());
+        for (index, agent) in agents.iter_mut().enumerate() {
+            agent.share = o.profile.share(&weights, index).peak_connections();
+            let plan = PlanMsg {
+                agent_index: index,
+                agents: o.roll.expected,
+                profile: o.profile_json.clone(),
+                weights: weights.clone(),
+                start_at_us: (start.unix_us as i64 + agent.offset_us).max(0) as u64,
+                lease_ms: o.lease.as_millis() as u64,
+                targets: targets_text.clone(),
+            };
+            let _ = agent.out_tx.send(Message::Plan(Box::new(plan)));
+        }
+        Ok(start)
+    }
+
+    /// Stage 4: waits for every agent to accept its share; returns the run's source and
+    /// target labels.
+    async fn await_ready(&mut self) -> Result<(Vec<String>, Vec<String>), RunError> {
+        let agents = &mut self.agents;
+        let mut source_labels = SourceLabels::default();
+        let mut target_labels: Vec<String> = Vec::new();
+        let mut ready = 0;
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        while ready < agents.len() {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some((i, Ok(Message::Ready { sources, targets })))) => {
+                    agents[i].source_map = source_labels.add_agent(&agents[i].info.host, &sources);
+                    if target_labels.is_empty() {
+                        target_labels = targets;
+                    }
+                    ready += 1;
+                }
+                Ok(Some((i, Ok(Message::Refused { reason })))) => {
+                    stop_all(agents, "another agent refused the plan");
+                    return Err(RunError::Plan(format!(
+                        "agent {} refused the plan: {reason}",
+                        agents[i].info.name
+                    )));
+                }
+                Ok(Some((i, Err(e)))) => return Err(left_before_start(agents, i, &e)),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
-                    abort_all(&agents, "clock probe timed out");
+                    stop_all(agents, "not every agent accepted the plan in time");
                     return Err(RunError::Fatal(
-                        "agents did not answer the clock probe in time".into(),
+                        "not every agent accepted the plan in time".into(),
                     ));
                 }
             }
         }
+        Ok((source_labels.into_labels(), target_labels))
     }
-
-    // 3. Split the plan by capacity, refuse what the swarm cannot hold.
-    let peak = o.profile.peak_connections();
-    let weights: Vec<u64> = agents
-        .iter()
-        .map(|a| a.info.fd_limit.saturating_sub(host::FD_RESERVE))
-        .collect();
-    let capacity: u64 = weights.iter().sum();
-    if capacity < peak {
-        abort_all(&agents, "the swarm cannot hold the plan");
-        let each: Vec<String> = agents
-            .iter()
-            .zip(&weights)
-            .map(|(a, w)| format!("{} {w}", a.info.name))
-            .collect();
-        return Err(RunError::Plan(format!(
-            "the swarm can hold {capacity} connections ({}) but the plan needs {peak}; add agents or raise their file limits",
-            each.join(", ")
-        )));
-    }
-    let max_rtt = agents.iter().map(|a| a.rtt_us).max().unwrap_or(0);
-    let lead_us = 300_000 + 4 * max_rtt.min(1_000_000);
-    let start_us = unix_us() + lead_us;
-    let start = Instant::now() + Duration::from_micros(lead_us);
-    let targets_text = o
-        .targets
-        .as_ref()
-        .map(|t| t.iter().map(ToString::to_string).collect());
-    for (index, agent) in agents.iter_mut().enumerate() {
-        agent.share = o.profile.share(&weights, index).peak_connections();
-        let plan = PlanMsg {
-            agent_index: index,
-            agents: o.expected,
-            profile: o.profile_json.clone(),
-            weights: weights.clone(),
-            start_at_us: (start_us as i64 + agent.offset_us).max(0) as u64,
-            lease_ms: o.lease.as_millis() as u64,
-            targets: targets_text.clone(),
-        };
-        let _ = agent.out_tx.send(Message::Plan(Box::new(plan)));
-    }
-
-    // 4. Every agent must accept its share.
-    let mut source_labels: Vec<String> = Vec::new();
-    let mut target_labels: Vec<String> = Vec::new();
-    let mut ready = 0;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    while ready < agents.len() {
-        match tokio::time::timeout_at(deadline, events_rx.recv()).await {
-            Ok(Some((i, Ok(Message::Ready { sources, targets })))) => {
-                let map = sources
-                    .iter()
-                    .map(|label| {
-                        let label = if label == "kernel-chosen" {
-                            format!("kernel-chosen@{}", agents[i].info.host)
-                        } else {
-                            label.clone()
-                        };
-                        match source_labels.iter().position(|l| *l == label) {
-                            Some(at) => at,
-                            None => {
-                                source_labels.push(label);
-                                source_labels.len() - 1
-                            }
-                        }
-                    })
-                    .collect();
-                agents[i].source_map = map;
-                if target_labels.is_empty() {
-                    target_labels = targets;
-                }
-                ready += 1;
-            }
-            Ok(Some((i, Ok(Message::Refused { reason })))) => {
-                abort_all(&agents, "another agent refused the plan");
-                return Err(RunError::Plan(format!(
-                    "agent {} refused the plan: {reason}",
-                    agents[i].info.name
-                )));
-            }
-            Ok(Some((i, Err(e)))) => return Err(left_before_start(&agents, i, &e)),
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
-                abort_all(&agents, "not every agent accepted the plan in time");
-                return Err(RunError::Fatal(
-                    "not every agent accepted the plan in time".into(),
-                ));
-            }
-        }
-    }
-
-    // 5. Run: merge reports, keep leases, mark the lost.
-    let spans = timeline::spans(&o.profile);
-    let source_count = source_labels.len();
-    let target_count = target_labels.len();
-    let mut collector = Collector::new(
-        &o.profile,
-        spans,
-        source_labels,
-        target_labels,
-        agents.len(),
-        start,
-        o.hlog,
-        o.progress,
-        o.live_tx,
-    );
-    if let Some(watch) = &o.nlb_watch {
-        collector.set_nlb_live(watch.live());
-    }
-    collector.set_allow_synthetic(o.allow_synthetic);
-    // Server phases need an admin address here: the swarm's sinks are other processes.
-    let server_phases = tokio::spawn(crate::run::play_server_phases(
-        o.profile.clone(),
-        start,
-        None,
-    ));
-    let mut abort_reason: Option<String> = None;
-    let mut keepalive = tokio::time::interval(wire::KEEPALIVE_INTERVAL);
-    let mut controls_open = true;
-    while agents.iter().any(Agent::live) {
-        tokio::select! {
-            event = events_rx.recv() => {
-                let Some((i, message)) = event else { break };
-                agents[i].last_heard = Instant::now();
-                match message {
-                    Ok(Message::Report(_)) if !agents[i].live() => {
-                        // Declared lost already: the intervals this covers were completed
-                        // without it, so merging it now would rewrite history.
-                        agents[i].late_reports += 1;
-                    }
-                    Ok(Message::Report(report)) => {
-                        let data = match report.decode() {
-                            Ok(data) => data,
-                            Err(e) => {
-                                lose(&mut agents[i], &mut collector, i, &format!("sent a bad report: {e}"));
-                                continue;
-                            }
-                        };
-                        let agent = &mut agents[i];
-                        // The agent's own source indices map onto the run's list; everything
-                        // else is already the run's.
-                        let mut global = data;
-                        let mut per_source = vec![crate::metrics::Counts::default(); source_count];
-                        for (local, counts) in global.per_source.iter().enumerate() {
-                            if let Some(&at) = agent.source_map.get(local) {
-                                per_source[at].add(counts);
-                            }
-                        }
-                        global.per_source = per_source;
-                        global.per_target.resize(target_count, crate::metrics::Counts::default());
-                        agent.established += global.totals.established;
-                        agent.errors += global.totals.error_total();
-                        agent.open = report.open;
-                        agent.interval_connects = global.totals.connected;
-                        let h = global.latency.get(Latency::Connect);
-                        agent.interval_p99 = (!h.is_empty()).then(|| h.value_at_quantile(0.99));
-                        agent.last_report = Some(Instant::now());
-                        agent.intervals_received += 1;
-                        agent.last_interval = Some(report.seq);
-                        if report.last {
-                            agent.status = if abort_reason.is_some() { "stopped" } else { "finished" };
-                        }
-                        collector.push(IntervalSnapshot { reporter: i, seq: report.seq, last: report.last, open: report.open, open_established: report.open_established, data: global });
-                    }
-                    Ok(Message::Started { clock_us }) => {
-                        agents[i].started_us = Some(clock_us as i64 - agents[i].offset_us - start_us as i64);
-                    }
-                    Ok(Message::Refused { reason }) => {
-                        lose(&mut agents[i], &mut collector, i, &format!("gave up: {reason}"));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if agents[i].live() {
-                            lose(&mut agents[i], &mut collector, i, &format!("connection lost: {e}"));
-                        }
-                    }
-                }
-                if o.profile.on_agent_loss == AgentLoss::Abort && abort_reason.is_none()
-                    && let Some(lost) = agents.iter().find(|a| a.status == "lost")
-                {
-                    abort_reason = Some(format!("agent {} was lost (on_agent_loss: abort)", lost.info.name));
-                    collector.set_stopping();
-                    abort_all(&agents, "another agent was lost");
-                }
-            }
-            _ = keepalive.tick() => {
-                for (i, agent) in agents.iter_mut().enumerate() {
-                    if !agent.live() {
-                        continue;
-                    }
-                    if agent.last_heard.elapsed() > o.lease {
-                        let reason = format!("silent for {:?} (lease)", o.lease);
-                        lose(agent, &mut collector, i, &reason);
-                        continue;
-                    }
-                    let _ = agent.out_tx.send(Message::Keepalive);
-                }
-                let rows = agents.iter().map(|a| AgentRow {
-                    name: a.info.name.clone(),
-                    open: a.open,
-                    connects_per_s: a.interval_connects,
-                    errors: a.errors,
-                    connect_p99_us: a.interval_p99,
-                    last_report_s: a.last_report.map_or(f64::NAN, |t| t.elapsed().as_secs_f64()),
-                    status: a.status.to_string(),
-                }).collect();
-                collector.set_agents(o.expected, rows);
-            }
-            control = control_rx.recv(), if controls_open => match control {
-                Some(Control::Stop(reason)) => {
-                    if abort_reason.is_none() {
-                        abort_all(&agents, &reason);
-                        abort_reason = Some(reason);
-                        collector.set_stopping();
-                    }
-                }
-                Some(Control::Pause) => {
-                    for a in &agents { let _ = a.out_tx.send(Message::Pause); }
-                    collector.set_paused(true);
-                }
-                Some(Control::Resume) => {
-                    for a in &agents { let _ = a.out_tx.send(Message::Resume); }
-                    collector.set_paused(false);
-                }
-                None => controls_open = false,
-            },
-        }
-    }
-    server_phases.abort();
-    let run_start = start;
-    let starts: Vec<i64> = agents.iter().filter_map(|a| a.started_us).collect();
-    let spread = match (starts.iter().min(), starts.iter().max()) {
-        (Some(lo), Some(hi)) if starts.len() == agents.len() => Some((hi - lo) as f64 / 1000.0),
-        _ => None,
-    };
-    let records = agents
-        .iter()
-        .map(|a| AgentRecord {
-            name: a.info.name.clone(),
-            host: a.info.host.clone(),
-            share: a.share,
-            established: a.established,
-            errors: a.errors,
-            last_report_s: a
-                .last_report
-                .map(|t| t.saturating_duration_since(run_start).as_secs_f64()),
-            status: a.status.to_string(),
-            start_offset_ms: a.started_us.map(|us| us as f64 / 1000.0),
-            intervals_received: a.intervals_received,
-            last_interval: a.last_interval,
-            late_reports: a.late_reports,
-            synthetic: a.info.synthetic,
-        })
-        .collect();
-    collector.set_agent_records(records, spread);
-    if let Some(watch) = o.nlb_watch {
-        collector.set_nlb(watch.finish().await);
-    }
-    if let Some(lost) = agents
-        .iter()
-        .filter(|a| a.status == "lost")
-        .map(|a| a.info.name.clone())
-        .reduce(|a, b| a + ", " + &b)
-        && o.progress != Progress::Silent
-    {
-        log(&format!(
-            "finished without agent(s) {lost}: their data up to their last report is kept"
-        ));
-    }
-    // With every agent lost, nothing played the plan to its end: whatever the thresholds say
-    // of the few seconds that arrived, the run did not happen as asked.
-    if abort_reason.is_none() && !agents.is_empty() && agents.iter().all(|a| a.status == "lost") {
-        abort_reason = Some("every agent was lost before the run's end".into());
-    }
-    Ok(collector.finish(abort_reason, &o.outputs))
 }
 
 /// Ends the setup when an agent leaves before the start: the others are told to stop.
 fn left_before_start(agents: &[Agent], index: usize, error: &WireError) -> RunError {
-    for a in agents {
-        let _ = a.out_tx.send(Message::Stop {
-            reason: "an agent left before the start".into(),
-        });
-    }
+    stop_all(agents, "an agent left before the start");
     RunError::Fatal(format!(
         "agent {} left before the start: {error}",
         agents[index].info.name
     ))
 }
 
-fn lose(agent: &mut Agent, collector: &mut Collector, index: usize, reason: &str) {
-    if !agent.live() {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Opener, PROTOCOL_VERSION, Role};
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    /// Every wait in these tests ends by this, so a broken stage fails instead of hanging.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A coordinator's accept loop on a port-0 loopback listener, and what `drive` holds.
+    struct Door {
+        listen: SocketAddr,
+        joined_rx: mpsc::Receiver<Joined>,
+        full: Arc<AtomicBool>,
+        accept: tokio::task::JoinHandle<()>,
     }
-    log(&format!("agent {} lost: {reason}", agent.info.name));
-    agent.status = "lost";
-    // Dropping our side tells it too, if it can still hear.
-    let _ = agent.out_tx.send(Message::Stop {
-        reason: reason.to_string(),
-    });
-    collector.reporter_gone(index);
+
+    async fn open_door(expected: usize) -> Door {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listen = listener.local_addr().expect("address");
+        let full = Arc::new(AtomicBool::new(false));
+        let (joined_tx, joined_rx) = mpsc::channel(expected.max(1));
+        let accept = tokio::spawn(accept_loop(listener, None, joined_tx, full.clone()));
+        Door {
+            listen,
+            joined_rx,
+            full,
+            accept,
+        }
+    }
+
+    fn roll(door: &Door, expected: usize, join_timeout: Duration) -> Roll {
+        Roll {
+            expected,
+            join_timeout,
+            allow_synthetic: true,
+            progress: Progress::Silent,
+            listen: door.listen,
+        }
+    }
+
+    async fn read(stream: &mut TcpStream) -> Message {
+        timeout(BOUND, wire::read_message(stream))
+            .await
+            .expect("the coordinator answers in time")
+            .expect("a message")
+    }
+
+    /// Joins as an agent with no token, the way `stampede agent` does; returns the stream
+    /// and the session's opening end.
+    async fn fake_agent(listen: SocketAddr, name: &str) -> (TcpStream, Opener) {
+        let mut stream = TcpStream::connect(listen).await.expect("connect");
+        let nonce = wire::nonce();
+        let info = AgentInfo {
+            name: name.into(),
+            host: "test-host".into(),
+            stampede_version: env!("CARGO_PKG_VERSION").into(),
+            cores: 1,
+            fd_limit: 1024,
+            sources: Vec::new(),
+            clock_us: unix_us(),
+            synthetic: true,
+        };
+        let hello = Message::Hello {
+            version: PROTOCOL_VERSION,
+            nonce: nonce.clone(),
+            info,
+        };
+        wire::write_message(&mut stream, &hello)
+            .await
+            .expect("hello");
+        let Message::Challenge { nonce: theirs, .. } = read(&mut stream).await else {
+            panic!("expected a challenge");
+        };
+        let proof = Message::Proof {
+            proof: String::new(),
+        };
+        wire::write_message(&mut stream, &proof)
+            .await
+            .expect("proof");
+        assert!(matches!(read(&mut stream).await, Message::Welcome));
+        let (_, opener) = wire::session_keys(b"", &nonce, &theirs, Role::Agent);
+        (stream, opener)
+    }
+
+    #[tokio::test]
+    async fn join_all_admits_a_peer_then_the_full_swarm_refuses_a_late_one() {
+        let mut door = open_door(1).await;
+        let (_control_tx, mut control_rx) = mpsc::unbounded_channel();
+        let peer = tokio::spawn(fake_agent(door.listen, "first"));
+        let roll = roll(&door, 1, BOUND);
+        let mut swarm = timeout(BOUND, join_all(&mut control_rx, &mut door.joined_rx, &roll))
+            .await
+            .expect("the join stage ends in time")
+            .expect("one agent joins");
+        door.full.store(true, Ordering::Relaxed);
+        let (mut stream, mut opener) = peer.await.expect("the fake agent joins");
+        assert_eq!(swarm.agents.len(), 1);
+        assert_eq!(swarm.agents[0].info.name, "first");
+        assert_eq!(swarm.agents[0].status, AgentStatus::Running);
+
+        // The session is sealed both ways: a ping reaches the agent, its pong comes back.
+        let _ = swarm.agents[0].out_tx.send(Message::Ping { id: 7 });
+        let ping = timeout(BOUND, opener.read(&mut stream))
+            .await
+            .expect("in time");
+        assert!(matches!(ping, Ok(Message::Ping { id: 7 })), "{ping:?}");
+
+        let mut late = TcpStream::connect(door.listen).await.expect("connect");
+        match read(&mut late).await {
+            Message::Refused { reason } => assert!(reason.contains("already complete"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(
+            swarm.events_rx.try_recv().is_err(),
+            "no event from the refused peer"
+        );
+        door.accept.abort();
+    }
+
+    #[tokio::test]
+    async fn join_all_gives_up_at_its_deadline_and_stops_those_who_joined() {
+        let mut door = open_door(2).await;
+        let (_control_tx, mut control_rx) = mpsc::unbounded_channel();
+        let (mut stream, mut opener) = fake_agent(door.listen, "lonely").await;
+        let roll = roll(&door, 2, Duration::from_millis(300));
+        let joined = timeout(BOUND, join_all(&mut control_rx, &mut door.joined_rx, &roll))
+            .await
+            .expect("the join stage ends in time");
+        match joined {
+            Err(RunError::Fatal(text)) => {
+                assert!(text.contains("only 1 of 2 agents joined"), "{text}");
+                assert!(text.contains("lonely (127.0.0.1:"), "{text}");
+            }
+            _ => panic!("expected a join timeout"),
+        }
+        let stop = timeout(BOUND, opener.read(&mut stream))
+            .await
+            .expect("in time");
+        match stop {
+            Ok(Message::Stop { reason }) => assert_eq!(reason, "not every agent joined"),
+            other => panic!("expected a stop, got {other:?}"),
+        }
+        door.accept.abort();
+    }
+
+    #[tokio::test]
+    async fn join_all_stops_when_told_to() {
+        let mut door = open_door(1).await;
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+        control_tx
+            .send(Control::Stop("interrupted".into()))
+            .expect("control");
+        let roll = roll(&door, 1, BOUND);
+        let joined = timeout(BOUND, join_all(&mut control_rx, &mut door.joined_rx, &roll))
+            .await
+            .expect("the join stage ends in time");
+        assert!(
+            matches!(&joined, Err(RunError::Fatal(t)) if t.contains("interrupted")),
+            "expected a stop"
+        );
+        door.accept.abort();
+    }
 }

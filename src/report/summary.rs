@@ -299,6 +299,37 @@ fn recovery(stats: &PhaseStats, want: u64, share: f64) -> Option<f64> {
     healed_at.map(|us| us as f64 / 1e6)
 }
 
+/// Where a swarm agent stands. The JSON and display text is the variant's snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Joined and playing its share.
+    Running,
+    /// Sent its last report.
+    Finished,
+    /// Sent its last report after the run was told to stop.
+    Stopped,
+    /// Went silent, disconnected, gave up or sent a bad report mid-run.
+    Lost,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Running => "running",
+            AgentStatus::Finished => "finished",
+            AgentStatus::Stopped => "stopped",
+            AgentStatus::Lost => "lost",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One agent of a swarm run, as the coordinator saw it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AgentRecord {
@@ -312,8 +343,8 @@ pub struct AgentRecord {
     pub errors: u64,
     /// Seconds from the run's start to its last report, if it sent any.
     pub last_report_s: Option<f64>,
-    /// `finished`, `lost` (went silent or disconnected mid-run), `refused` or `stopped`.
-    pub status: String,
+    /// `finished`, `stopped` or `lost` once the run is over.
+    pub status: AgentStatus,
     /// When it actually started, relative to the planned start (after clock correction).
     pub start_offset_ms: Option<f64>,
     /// Interval reports merged from it, and the number of the last one (interval `k` covers
@@ -329,7 +360,7 @@ pub struct AgentRecord {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MissingAgent {
     pub agent: String,
-    pub status: String,
+    pub status: AgentStatus,
     pub last_interval: Option<u64>,
     /// Intervals the run has (its timeline's length) and how many of them this agent sent.
     pub intervals_expected: u64,
@@ -409,12 +440,12 @@ fn missing_agents(agents: &[AgentRecord], timeline: &[TimelinePoint]) -> Vec<Mis
     let expected = timeline.iter().map(|p| p.second + 1).max().unwrap_or(0);
     agents
         .iter()
-        .filter(|a| a.status != "finished")
+        .filter(|a| a.status != AgentStatus::Finished)
         .filter_map(|a| {
             let first_missing = a.last_interval.map_or(0, |k| k + 1);
             (first_missing < expected).then(|| MissingAgent {
                 agent: a.name.clone(),
-                status: a.status.clone(),
+                status: a.status,
                 last_interval: a.last_interval,
                 intervals_expected: expected,
                 intervals_received: a.intervals_received,
@@ -663,7 +694,7 @@ impl Summary {
 mod tests {
     use super::*;
 
-    fn record(name: &str, status: &str, received: u64, last: Option<u64>) -> AgentRecord {
+    fn record(name: &str, status: AgentStatus, received: u64, last: Option<u64>) -> AgentRecord {
         AgentRecord {
             name: name.into(),
             host: "h".into(),
@@ -672,7 +703,7 @@ mod tests {
             established: 10,
             errors: 0,
             last_report_s: None,
-            status: status.into(),
+            status,
             start_offset_ms: None,
             intervals_received: received,
             last_interval: last,
@@ -697,11 +728,11 @@ mod tests {
             })
             .collect();
         let agents = [
-            record("steady", "finished", 8, Some(7)),
-            record("doomed", "lost", 3, Some(2)),
-            record("silent", "lost", 0, None),
+            record("steady", AgentStatus::Finished, 8, Some(7)),
+            record("doomed", AgentStatus::Lost, 3, Some(2)),
+            record("silent", AgentStatus::Lost, 0, None),
             // Lost after its last interval: nothing is missing.
-            record("late", "lost", 8, Some(7)),
+            record("late", AgentStatus::Lost, 8, Some(7)),
         ];
         let missing = missing_agents(&agents, &timeline);
         assert_eq!(missing.len(), 2, "{missing:?}");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::summary::{LatencyStats, Outcome, ScopeCounts, Summary};
+use super::summary::{AgentStatus, LatencyStats, Outcome, ScopeCounts, Summary};
 use crate::metrics::ErrorKind;
 use crate::profile::duration::human_micros;
 
@@ -88,7 +88,11 @@ pub fn render(summary: &Summary) -> String {
     if let Some(spread) = summary.start_spread_ms {
         let _ = writeln!(out, "agents       start spread {spread:.1}ms");
     }
-    for agent in summary.agents.iter().filter(|a| a.status != "finished") {
+    for agent in summary
+        .agents
+        .iter()
+        .filter(|a| a.status != AgentStatus::Finished)
+    {
         let _ = writeln!(
             out,
             "agent {}    {} (share {}, established {}, last report at {})",
