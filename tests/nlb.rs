@@ -2,11 +2,6 @@
 //! and zones, sticky targets, port allocation, idle timeout, deregistration, metrics), the
 //! command itself, and the port wall reproduced end to end with separate processes.
 
-#![allow(
-    clippy::disallowed_methods,
-    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
-)]
-
 mod common;
 
 use std::io;
@@ -151,50 +146,6 @@ async fn wait_metrics(nlb: &Nlb, what: &str, pred: impl Fn(&NlbMetrics) -> bool)
             "{what}: not reached; metrics {metrics:#?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Client I/O for paused-clock tests: blocking sockets on a blocking thread, bounded by real
-/// read timeouts. While a blocking task runs tokio does not auto-advance a paused clock, so
-/// virtual time stands still during a round trip and moves only when the test sleeps.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
-
-fn std_connect(to: SocketAddr) -> std::net::TcpStream {
-    let stream = std::net::TcpStream::connect_timeout(&to, BOUND).unwrap();
-    stream.set_read_timeout(Some(BOUND)).unwrap();
-    stream
-}
-
-/// A tokio client stream as a blocking one, for `blocking`.
-fn into_std(stream: TcpStream) -> std::net::TcpStream {
-    let stream = stream.into_std().unwrap();
-    stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(BOUND)).unwrap();
-    stream
-}
-
-fn std_echo(stream: &mut std::net::TcpStream, message: &[u8]) -> io::Result<()> {
-    use std::io::{Read, Write};
-    stream.write_all(message)?;
-    let mut back = vec![0u8; message.len()];
-    stream.read_exact(&mut back)?;
-    if back == message {
-        Ok(())
-    } else {
-        Err(io::Error::other("echo differs"))
-    }
-}
-
-/// Sends a byte and expects the answer to be a reset (bounded by the read timeout).
-fn std_expect_reset(stream: &mut std::net::TcpStream) {
-    use std::io::{Read, Write};
-    let _ = stream.write_all(b"x");
-    let mut buf = [0u8; 16];
-    match stream.read(&mut buf) {
-        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}"),
-        Ok(n) => panic!("expected a reset, read {n} bytes"),
     }
 }
 
@@ -399,48 +350,30 @@ async fn client_ip_preservation_connects_from_the_client_with_no_pool() {
     assert_eq!(lb.nlb.metrics().total.port_allocation_errors, 0);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn an_idle_flow_is_forgotten_and_its_next_packet_reset() {
     let sink = SinkHandle::start().await;
-    // AWS's 350 s idle timeout, in virtual time.
-    let cfg = config(vec![sink.addr], 1);
-    let idle_timeout = cfg.idle_timeout;
+    let mut cfg = config(vec![sink.addr], 1);
+    cfg.idle_timeout = Duration::from_secs(1);
     let lb = start(cfg).await;
-    let addr = lb.addr;
-    let (mut idle, mut busy) = blocking(move || {
-        let mut idle = std_connect(addr);
-        std_echo(&mut idle, b"hello").unwrap();
-        let mut busy = std_connect(addr);
-        std_echo(&mut busy, b"hello").unwrap();
-        (idle, busy)
-    })
-    .await;
-    let last_heard = tokio::time::Instant::now();
-    // Heartbeats every 100 s keep one flow; the other says nothing.
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(100)).await;
-        busy = blocking(move || {
-            std_echo(&mut busy, b"beat").unwrap();
-            busy
-        })
-        .await;
-    }
-    tokio::time::sleep_until(last_heard + idle_timeout - Duration::from_secs(1)).await;
-    assert_eq!(
-        lb.nlb.metrics().total.active,
-        2,
-        "not idle for long enough yet"
-    );
-    // Forgotten silently at the timeout: out of the active count, no reset sent yet.
-    tokio::time::sleep_until(last_heard + idle_timeout + Duration::from_secs(1)).await;
-    let metrics = lb.nlb.metrics();
-    assert_eq!(metrics.total.active, 1, "the idle flow forgotten");
-    assert_eq!(metrics.total.elb_resets, 0);
-    blocking(move || {
-        std_expect_reset(&mut idle);
-        std_echo(&mut busy, b"alive").unwrap();
-    })
-    .await;
+    let mut idle = TcpStream::connect(lb.addr).await.unwrap();
+    echo(&mut idle, b"hello").await.unwrap();
+    let mut busy = TcpStream::connect(lb.addr).await.unwrap();
+    echo(&mut busy, b"hello").await.unwrap();
+    // Heartbeats every 300 ms keep one flow; the other says nothing for 1 s.
+    let beating = tokio::spawn(async move {
+        for _ in 0..8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            echo(&mut busy, b"beat").await.unwrap();
+        }
+        busy
+    });
+    // Forgotten silently: out of the active count, no reset sent yet.
+    wait_metrics(&lb.nlb, "the idle flow forgotten", |m| m.total.active == 1).await;
+    assert_eq!(lb.nlb.metrics().total.elb_resets, 0);
+    expect_reset(&mut idle).await;
+    let mut busy = beating.await.unwrap();
+    echo(&mut busy, b"alive").await.unwrap();
     let metrics = lb.nlb.metrics();
     assert_eq!(metrics.total.elb_resets, 1);
     assert_eq!(metrics.total.active, 1);
@@ -450,9 +383,8 @@ async fn an_idle_flow_is_forgotten_and_its_next_packet_reset() {
 async fn deregistration_stops_new_flows_and_terminates_old_ones_after_the_delay() {
     let (a, b) = (Recorder::start().await, Recorder::start().await);
     let mut cfg = config(vec![a.addr, b.addr], 1);
-    // AWS's 300 s deregistration delay: passed in virtual time once the clock is paused.
+    cfg.deregistration_delay = Duration::from_millis(800);
     cfg.connection_termination = true;
-    let delay = cfg.deregistration_delay;
     let lb = start(cfg).await;
     let mut flows = Vec::new();
     for i in 0..20 {
@@ -465,7 +397,6 @@ async fn deregistration_stops_new_flows_and_terminates_old_ones_after_the_delay(
     nlb::admin_target(lb.admin, a.addr, TargetChange::Deregister)
         .await
         .unwrap();
-    let deregistered = tokio::time::Instant::now();
     let accepted_by_a = a.conns.lock().unwrap().len();
     for i in 0..20 {
         let mut flow = TcpStream::connect(lb.addr).await.unwrap();
@@ -480,41 +411,21 @@ async fn deregistration_stops_new_flows_and_terminates_old_ones_after_the_delay(
     for (flow, _) in flows.iter_mut().filter(|f| f.1) {
         echo(flow, b"draining").await.unwrap();
     }
-    // ...to its end, passed in virtual time (client I/O on blocking sockets from here, so
-    // that only the test's sleeps move the clock)...
-    tokio::time::pause();
-    let flows: Vec<_> = flows
-        .into_iter()
-        .map(|(f, on_a)| (into_std(f), on_a))
-        .collect();
-    tokio::time::sleep_until(deregistered + delay - Duration::from_secs(1)).await;
-    let metrics = lb.nlb.metrics();
-    assert_eq!(
-        metrics.targets[0].counters.active, on_a as u64,
-        "a's flows kept"
-    );
-    tokio::time::sleep_until(deregistered + delay + Duration::from_secs(1)).await;
     // ...and are closed with resets when it ends; b's are untouched.
-    let flows = blocking(move || {
-        let mut flows = flows;
-        for (flow, _) in flows.iter_mut().filter(|f| f.1) {
-            use std::io::Read;
-            let mut buf = [0u8; 8];
-            let read = flow.read(&mut buf);
-            assert!(read.is_err(), "{read:?}");
-        }
-        for (flow, _) in flows.iter_mut().filter(|f| !f.1) {
-            std_echo(flow, b"fine").unwrap();
-        }
-        flows
-    })
-    .await;
-    tokio::time::resume();
+    for (flow, _) in flows.iter_mut().filter(|f| f.1) {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(BOUND, flow.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(read.is_err(), "{read:?}");
+    }
+    for (flow, _) in flows.iter_mut().filter(|f| !f.1) {
+        echo(flow, b"fine").await.unwrap();
+    }
     let metrics = nlb::admin_metrics(lb.admin).await.unwrap();
     assert!(!metrics.targets[0].registered);
     assert_eq!(metrics.targets[0].counters.active, 0);
     assert_eq!(metrics.targets[0].counters.elb_resets, 2 * on_a as u64);
-    drop(flows);
 
     // Registered again: new flows reach a.
     nlb::admin_target(lb.admin, a.addr, TargetChange::Register)
@@ -529,31 +440,20 @@ async fn deregistration_stops_new_flows_and_terminates_old_ones_after_the_delay(
     assert!(a.conns.lock().unwrap().len() > accepted_by_a);
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn without_connection_termination_deregistered_flows_outlive_the_delay() {
     let a = Recorder::start().await;
-    // AWS's 300 s deregistration delay, in virtual time.
-    let cfg = config(vec![a.addr], 1);
-    let delay = cfg.deregistration_delay;
+    let mut cfg = config(vec![a.addr], 1);
+    cfg.deregistration_delay = Duration::from_millis(100);
     let lb = start(cfg).await;
-    let addr = lb.addr;
-    let mut flow = blocking(move || {
-        let mut flow = std_connect(addr);
-        std_echo(&mut flow, b"x").unwrap();
-        flow
-    })
-    .await;
+    let mut flow = TcpStream::connect(lb.addr).await.unwrap();
+    echo(&mut flow, b"x").await.unwrap();
     lb.nlb.deregister(a.addr).unwrap();
-    // Past the delay, yet within the idle timeout.
-    tokio::time::sleep(delay + Duration::from_secs(10)).await;
-    blocking(move || {
-        std_echo(&mut flow, b"still").unwrap();
-        // No registered target at all: a new flow is reset.
-        let mut refused = std_connect(addr);
-        std_expect_reset(&mut refused);
-        flow
-    })
-    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    echo(&mut flow, b"still").await.unwrap();
+    // No registered target at all: a new flow is reset.
+    let mut refused = TcpStream::connect(lb.addr).await.unwrap();
+    expect_reset(&mut refused).await;
 }
 
 #[tokio::test]

@@ -3,11 +3,6 @@
 //! refuses new connections and keeps held ones; the admin endpoint and `stampede sink-admin`
 //! drive it and name the field of a bad request.
 
-#![allow(
-    clippy::disallowed_methods,
-    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
-)]
-
 mod common;
 
 use std::collections::BTreeSet;
@@ -30,7 +25,6 @@ const LIMIT: Duration = Duration::from_secs(5);
 struct AdminSink {
     addr: SocketAddr,
     admin: SocketAddr,
-    control: Arc<SinkControl>,
     _stop_tx: tokio::sync::watch::Sender<bool>,
 }
 
@@ -55,13 +49,12 @@ impl AdminSink {
         tokio::spawn(sink::run_controlled(
             vec![listener],
             stats,
-            control.clone(),
+            control,
             stopped(stop_rx),
         ));
         AdminSink {
             addr,
             admin,
-            control,
             _stop_tx: stop_tx,
         }
     }
@@ -231,85 +224,36 @@ async fn close_rate_closes_at_about_the_rate() {
     );
 }
 
-/// `n` connections the sink holds, as blocking sockets opened on a blocking thread: while it
-/// runs, a paused clock does not auto-advance, so the round trips take no virtual time.
-async fn blocking_hold(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
-    tokio::task::spawn_blocking(move || {
-        (0..n)
-            .map(|_| {
-                let mut stream = std::net::TcpStream::connect_timeout(&addr, LIMIT).unwrap();
-                stream.set_read_timeout(Some(LIMIT)).unwrap();
-                stream.write_all(b"ping").unwrap();
-                let mut buf = [0u8; 4];
-                stream.read_exact(&mut buf).unwrap();
-                assert_eq!(&buf, b"ping");
-                stream.set_nonblocking(true).unwrap();
-                stream
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
-}
-
-/// Which of `streams` (non-blocking) the sink still holds; a closed one must have ended with
-/// an orderly close (EOF).
-fn still_open(streams: &mut [std::net::TcpStream]) -> Vec<bool> {
-    streams
-        .iter_mut()
-        .map(|stream| {
-            let mut buf = [0u8; 16];
-            match stream.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
-                Ok(0) => false,
-                other => panic!("expected EOF or nothing yet, got {other:?}"),
-            }
-        })
-        .collect()
-}
-
-#[tokio::test(start_paused = true)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetime_closes_each_connection_after_its_own_lifetime() {
-    use tokio::time::{Instant, sleep, sleep_until};
     let sink = AdminSink::start().await;
-    let lifetime = Duration::from_secs(60);
-    sink.control.apply(&SinkAction::Lifetime {
-        seconds: Some(lifetime.as_secs_f64()),
-    });
-    // Two waves, the second opened 30 s (virtual) after the first: each lives its own 60 s.
-    let mut first = blocking_hold(sink.addr, 10).await;
-    let first_at = Instant::now();
-    sleep(Duration::from_secs(30)).await;
-    let mut second = blocking_hold(sink.addr, 10).await;
-    let second_at = Instant::now();
-    let (open, closed) = (vec![true; 10], vec![false; 10]);
-    sleep_until(first_at + lifetime - Duration::from_secs(1)).await;
-    assert_eq!(
-        still_open(&mut first),
-        open,
-        "first wave before its lifetime"
-    );
-    sleep_until(first_at + lifetime + Duration::from_secs(1)).await;
-    assert_eq!(
-        still_open(&mut first),
-        closed,
-        "first wave after its lifetime"
-    );
-    assert_eq!(still_open(&mut second), open, "second wave, half way");
-    sleep_until(second_at + lifetime - Duration::from_secs(1)).await;
-    assert_eq!(
-        still_open(&mut second),
-        open,
-        "second wave before its lifetime"
-    );
-    sleep_until(second_at + lifetime + Duration::from_secs(1)).await;
-    assert_eq!(
-        still_open(&mut second),
-        closed,
-        "second wave after its lifetime"
-    );
-    assert_eq!(sink.control.open(), 0);
-    tokio::time::resume();
+    let status = sink
+        .apply(SinkAction::Lifetime { seconds: Some(0.5) })
+        .await;
+    assert_eq!(status.lifetime_seconds, Some(0.5));
+    // Two waves, the second opened as the first is closed: each lives its own 0.5 s.
+    for wave in 0..2 {
+        let opened = Instant::now();
+        let clients = hold(sink.addr, 10).await;
+        let held = opened.elapsed();
+        let (mut reads, _writers) = watch_reads(clients);
+        while let Some(joined) = timeout(LIMIT, reads.join_next())
+            .await
+            .expect("closed within the limit")
+        {
+            let (i, result, at) = joined.unwrap();
+            assert_eq!(
+                result.expect("an orderly close"),
+                0,
+                "wave {wave} client {i}"
+            );
+            let lived = at - opened;
+            assert!(
+                lived >= Duration::from_millis(450) && lived < held + Duration::from_millis(1500),
+                "wave {wave} client {i} lived {lived:?}"
+            );
+        }
+    }
     let status = sink.apply(SinkAction::Lifetime { seconds: None }).await;
     assert_eq!((status.lifetime_seconds, status.closed_by_sink), (None, 20));
 }
