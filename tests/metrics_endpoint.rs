@@ -1,5 +1,10 @@
 //! `--metrics-listen`: a real run, scraped while it lasts, read with a strict exposition parser.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 #[path = "common/exposition.rs"]
 #[allow(dead_code)]

@@ -2,6 +2,11 @@
 //! and zones, sticky targets, port allocation, idle timeout, deregistration, metrics), the
 //! command itself, and the port wall reproduced end to end with separate processes.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::io;

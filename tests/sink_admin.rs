@@ -3,6 +3,11 @@
 //! refuses new connections and keeps held ones; the admin endpoint and `stampede sink-admin`
 //! drive it and name the field of a bad request.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "integration tests measure and wait in wall time, around real sockets and subprocesses"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;
