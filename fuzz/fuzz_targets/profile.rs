@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use stampede::profile::{Profile, timeline};
-use stampede::report::plan;
+use stampede::doctor::plan;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
