@@ -249,14 +249,26 @@ fn read_token(file: &Option<PathBuf>) -> Result<Option<Vec<u8>>, i32> {
     }
 }
 
-/// A command's `--admin` listener, or exit code 2 with the reason.
-async fn bind_admin(command: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, i32> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        eprint_line(&format!(
-            "stampede {command}: --admin {addr}: cannot listen: {e}; choose a free port or an address of this host"
-        ));
-        2
-    })
+/// A command's `--admin` listener when it asks for one, or exit code 2 with the reason.
+async fn bind_admin(
+    command: &str,
+    addr: Option<SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, i32> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) => Err(cannot_listen(command, "--admin", addr, &e)),
+    }
+}
+
+/// Says why `flag ADDR` cannot be listened on and what to do; the exit code, 2.
+fn cannot_listen(command: &str, flag: &str, addr: SocketAddr, e: &std::io::Error) -> i32 {
+    eprint_line(&format!(
+        "stampede {command}: {flag} {addr}: cannot listen: {e}; choose a free port or an address of this host"
+    ));
+    2
 }
 
 /// A duration flag (`30s`, `5m`, `1h30m`); zero is refused.

@@ -271,9 +271,12 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.control.forget(self.id);
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
-        // close() with unread input sends a reset instead of a FIN; read what is queued so the
-        // client sees an orderly close (EOF), not `connection reset`.
+        // close() with unread input sends a reset instead of a FIN, and a heartbeat can land
+        // between any drain and the close. So the FIN goes first: the client reads EOF even
+        // if a late heartbeat turns the close into a reset. Then what is queued is read, so
+        // that the close itself is clean whenever nothing lands in between.
         let socket = SockRef::from(&self.stream);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
         let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
         for _ in 0..64 {
             match socket.recv(&mut buf) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::signal::Signals;
-use super::{bind_admin, eprint_line, parse_duration_arg, parse_duration_or_zero};
+use super::{bind_admin, cannot_listen, eprint_line, parse_duration_arg, parse_duration_or_zero};
 use crate::nlb::kernel::{KernelNlb, KernelPlan};
 use crate::nlb::{Balancer, NlbConfig};
 
@@ -175,20 +175,11 @@ async fn userspace(args: &NlbArgs, config: NlbConfig) -> i32 {
     }
     let listener = match crate::sink::bind(args.listen) {
         Ok(listener) => listener,
-        Err(e) => {
-            eprint_line(&format!(
-                "stampede nlb: --listen {}: cannot listen: {e}; choose a free port or an address of this host",
-                args.listen
-            ));
-            return 2;
-        }
+        Err(e) => return cannot_listen("nlb", "--listen", args.listen, &e),
     };
-    let admin = match args.admin {
-        None => None,
-        Some(addr) => match bind_admin("nlb", addr).await {
-            Ok(listener) => Some(listener),
-            Err(code) => return code,
-        },
+    let admin = match bind_admin("nlb", args.admin).await {
+        Ok(admin) => admin,
+        Err(code) => return code,
     };
     let range = crate::host::ephemeral_port_range();
     let kernel_ports = u32::from(range.last.saturating_sub(range.first)) + 1;
@@ -220,12 +211,9 @@ async fn kernel(args: &NlbArgs, config: NlbConfig) -> i32 {
             return 2;
         }
     };
-    let admin = match args.admin {
-        None => None,
-        Some(addr) => match bind_admin("nlb", addr).await {
-            Ok(listener) => Some(listener),
-            Err(code) => return code,
-        },
+    let admin = match bind_admin("nlb", args.admin).await {
+        Ok(admin) => admin,
+        Err(code) => return code,
     };
     // Before anything is built, so that a signal at any moment after it tears down.
     let mut signals = Signals::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{bind_admin, eprint_line, parse_duration_arg};
+use super::{bind_admin, cannot_listen, eprint_line, parse_duration_arg};
 use crate::protocol::SinkProtocol;
 use crate::protocol::tls::{self, SelfSignedFiles};
 use crate::sink::{self, SinkAction};
@@ -146,12 +146,7 @@ pub async fn sink_command(args: SinkArgs) -> i32 {
                 println!("listening on {bound}");
                 listeners.push(listener);
             }
-            Err(e) => {
-                eprint_line(&format!(
-                    "stampede sink: --listen {addr}: cannot listen: {e}; choose a free port or an address of this host"
-                ));
-                return 2;
-            }
+            Err(e) => return cannot_listen("sink", "--listen", *addr, &e),
         }
     }
     let control = sink::SinkControl::new();
@@ -164,11 +159,11 @@ pub async fn sink_command(args: SinkArgs) -> i32 {
         control.apply(&SinkAction::CloseRate { per_second });
     }
     let stats = Arc::new(sink::SinkStats::default());
-    if let Some(addr) = args.admin {
-        let listener = match bind_admin("sink", addr).await {
-            Ok(listener) => listener,
-            Err(code) => return code,
-        };
+    let admin = match bind_admin("sink", args.admin).await {
+        Ok(admin) => admin,
+        Err(code) => return code,
+    };
+    if let (Some(listener), Some(addr)) = (admin, args.admin) {
         let bound = listener.local_addr().map_or(addr, |a| a);
         println!("admin on {bound}");
         if !bound.ip().is_loopback() {
