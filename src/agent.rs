@@ -1,22 +1,28 @@
 //! The engine: opens, holds and measures connections, for `run` and for a swarm's agents (`swarm`).
 //!
 //! - `pool`: which source address and target each connection slot uses, and capacity.
-//! - `conn`: one plain TCP connection's state machine (connect, heartbeats, failure kinds).
-//! - `layered`: one connection of a protocol above TCP (connect, handshake, its heartbeats).
-//! - `publisher`: the MQTT fan-out publisher, one per agent on its first worker.
+//! - `timing`: heartbeat spreading and latency from the schedule (a leaf, shared by all).
+//! - `shard`: a worker's state and its one accounting path (`connected`, `up`, `unserved`,
+//!   `fail`), the reconnect backoff, its histograms.
 //! - `table`: plain TCP connections without a task each: one epoll set and one timer queue
 //!   per worker.
-//! - `shard`: a worker thread with its own runtime, its slots and its histograms.
+//! - `layered`: one connection of a protocol above TCP (connect, handshake, its heartbeats).
+//! - `publisher`: the MQTT fan-out publisher, one per agent on its first worker.
+//! - `worker`: a worker thread's loop, which plays its share of the schedule on the shard and
+//!   starts the table, the protocol tasks and the publisher.
+//!
+//! Imports go one way: `worker` -> `table`, `layered`, `publisher` -> `shard` -> `timing`.
 //!
 //! The engine gets the plan and its share, never a pre-expanded list of work. It does not
 //! print, decide outcomes or write files: it sends interval snapshots.
 
-pub mod conn;
 mod layered;
 pub mod pool;
 mod publisher;
 pub(crate) mod shard;
 mod table;
+pub mod timing;
+mod worker;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -101,7 +107,7 @@ impl Engine {
                     let local = tokio::task::LocalSet::new();
                     local.block_on(
                         &runtime,
-                        shard::run(plan, worker, workers, start, snapshot_tx, control_rx),
+                        worker::run(plan, worker, workers, start, snapshot_tx, control_rx),
                     );
                 })?;
             threads.push(thread);

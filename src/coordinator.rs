@@ -15,7 +15,7 @@ mod remap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -29,14 +29,11 @@ use crate::nlb::NlbWatch;
 use crate::profile::{Profile, TargetSpec};
 use crate::report::hlog::HlogWriter;
 use crate::report::summary::AgentStatus;
-use crate::run::RunError;
-use crate::wire::{self, AgentInfo, Message, PlanMsg, WireError};
+use crate::stage::RunError;
+use crate::wire::{self, AgentInfo, HANDSHAKE_TIMEOUT, Message, PlanMsg, WireError, unix_us};
 use admit::{Joined, accept_loop};
 use play::Play;
 use remap::SourceLabels;
-
-/// How long a peer may take over each handshake step.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct CoordinatorOptions {
     pub profile: Profile,
@@ -57,12 +54,6 @@ pub struct CoordinatorOptions {
     pub progress: Progress,
     pub control_rx: ControlRx,
     pub live_tx: Option<LiveTx>,
-}
-
-pub fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn log(text: &str) {

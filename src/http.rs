@@ -243,13 +243,29 @@ pub(crate) async fn read_request(
     }))
 }
 
+/// Why a `call` got no 200 answer. Its text starts with the address; callers say whose
+/// endpoint it is ("sink admin {e}", "nlb admin {e}").
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// No answer: cannot connect, send or read, or no answer in time.
+    #[error("{addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    /// An answer other than 200, with the server's message.
+    #[error("{addr}: {status}: {message}")]
+    Refused {
+        addr: SocketAddr,
+        status: String,
+        message: String,
+    },
+}
+
 /// One request; returns the body of a 200 answer, or what went wrong.
 pub(crate) async fn call(
     admin: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
-) -> Result<String, String> {
+) -> Result<String, CallError> {
     let exchange = async {
         let mut stream = TcpStream::connect(admin)
             .await
@@ -275,7 +291,10 @@ pub(crate) async fn call(
         .await
         .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))
         .and_then(|r| r)
-        .map_err(|e| format!("sink admin {admin}: {e}"))?;
+        .map_err(|reason| CallError::Unreachable {
+            addr: admin,
+            reason,
+        })?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status_line = head.lines().next().unwrap_or("");
@@ -289,5 +308,9 @@ pub(crate) async fn call(
         .and_then(|v| v.get("error")?.as_str().map(str::to_string))
         .unwrap_or_else(|| body.trim().to_string());
     let status = status_line.split_once(' ').map_or(status_line, |(_, s)| s);
-    Err(format!("sink admin {admin}: {status}: {message}"))
+    Err(CallError::Refused {
+        addr: admin,
+        status: status.to_string(),
+        message,
+    })
 }

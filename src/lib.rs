@@ -13,6 +13,8 @@
 //! - `net`: client sockets with socket2 (`IP_BIND_ADDRESS_NO_PORT`, `IP_LOCAL_PORT_RANGE`).
 //! - `metrics`: error kinds, counters, HDR histograms, interval snapshots, lossless merging.
 //! - `run`: one process playing a profile end to end.
+//! - `stage`: what `run` and a swarm agent share around the engine: preflight, the source
+//!   pool, the server-side phases, `RunError`.
 //! - `collect`: merges interval snapshots from workers or agents into every output.
 //! - `wire`, `coordinator` and `swarm`: the swarm protocol, the process that drives agents,
 //!   and an agent's side of it (`stampede agent`).
@@ -45,6 +47,7 @@ pub mod protocol;
 pub mod report;
 pub mod run;
 pub mod sink;
+pub mod stage;
 pub mod swarm;
 pub mod tui;
 pub mod views;

@@ -259,7 +259,7 @@ impl Nlb {
     /// Stops new flows to `addr` at once; with connection termination on, closes its older
     /// flows when the deregistration delay ends (unless it was registered again meanwhile).
     /// Must be called within a tokio runtime.
-    pub fn deregister(self: &Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    pub fn deregister(self: &Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
         let i = self.target_index(addr).ok_or_else(|| self.unknown(addr))?;
         let generation = {
             let mut r = lock(&self.targets[i].registration);
@@ -288,7 +288,7 @@ impl Nlb {
     }
 
     /// Lets new flows reach `addr` again.
-    pub fn register(&self, addr: SocketAddr) -> Result<(), String> {
+    pub fn register(&self, addr: SocketAddr) -> Result<(), TargetError> {
         let i = self.target_index(addr).ok_or_else(|| self.unknown(addr))?;
         let mut r = lock(&self.targets[i].registration);
         if !r.registered {
@@ -298,12 +298,8 @@ impl Nlb {
         Ok(())
     }
 
-    fn unknown(&self, addr: SocketAddr) -> String {
-        let known: Vec<String> = self.targets.iter().map(|t| t.addr.to_string()).collect();
-        format!(
-            "{addr} is not a target of this load balancer; its targets are {}",
-            known.join(", ")
-        )
+    fn unknown(&self, addr: SocketAddr) -> TargetError {
+        TargetError::unknown(addr, self.targets.iter().map(|t| t.addr))
     }
 
     /// All counters now.
@@ -383,6 +379,27 @@ pub async fn run(listener: TcpListener, nlb: Arc<Nlb>, shutdown: impl Future<Out
     flows.shutdown().await;
 }
 
+/// Why a registration change was not made: the admin endpoint answers 404 for an address that
+/// is not a target and 500 when the datapath could not apply it.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{addr} is not a target of this load balancer; its targets are {known}")]
+    Unknown { addr: SocketAddr, known: String },
+    #[error("{0}")]
+    Datapath(String),
+}
+
+impl TargetError {
+    /// The error for `addr`, which is none of `targets`.
+    pub fn unknown(addr: SocketAddr, targets: impl IntoIterator<Item = SocketAddr>) -> TargetError {
+        let known: Vec<String> = targets.into_iter().map(|t| t.to_string()).collect();
+        TargetError::Unknown {
+            addr,
+            known: known.join(", "),
+        }
+    }
+}
+
 /// What the admin endpoint and the metric lines need of a load balancer, whichever datapath
 /// carries its flows: the user-space proxy here (`Nlb`) or nftables and conntrack
 /// (`kernel::KernelNlb`).
@@ -390,10 +407,10 @@ pub trait Balancer: Send + Sync + 'static {
     /// Every counter now.
     fn metrics(&self) -> NlbMetrics;
     /// Lets new flows reach `addr` again.
-    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String>;
+    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError>;
     /// Stops new flows to `addr`; existing ones follow the deregistration delay and
     /// connection termination settings. Must be called within a tokio runtime.
-    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String>;
+    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError>;
 }
 
 impl Balancer for Nlb {
@@ -401,11 +418,11 @@ impl Balancer for Nlb {
         Nlb::metrics(self)
     }
 
-    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
         self.register(addr)
     }
 
-    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
         self.deregister(addr)
     }
 }
@@ -480,6 +497,7 @@ mod tests {
         assert!(
             nlb.register(addr("127.0.0.1:1"))
                 .unwrap_err()
+                .to_string()
                 .contains("7000")
         );
     }

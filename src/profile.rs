@@ -10,6 +10,7 @@ mod phases;
 pub mod protocol;
 mod raw;
 pub mod reconnect;
+pub mod sink_action;
 pub mod sources;
 pub mod threshold;
 pub mod timeline;
@@ -81,6 +82,7 @@ pub enum TargetSpec {
 }
 
 pub use protocol::{Protocol, ProtocolOptions};
+pub use sink_action::SinkAction;
 
 /// Source addresses to bind, and the per-socket port range.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -113,19 +115,6 @@ pub enum DrainShape {
     Uniform { jitter: bool },
     /// Few at first, more and more towards the end (density rising linearly).
     Linear,
-}
-
-/// What a `server` phase asks the sink (or any target with the sink's admin endpoint) to do.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ServerAction {
-    CloseAll,
-    CloseFraction(f64),
-    /// Close connections at this many per second.
-    CloseRate(f64),
-    /// Close each connection this long after it was accepted (`None`: hold forever again).
-    Lifetime(Option<Duration>),
-    StopAccepting,
-    StartAccepting,
 }
 
 /// One step of the scenario. New kinds of phase are new variants.
@@ -166,7 +155,7 @@ pub enum Phase {
     /// whose admin endpoint is `admin`) to close connections or stop accepting; clients follow
     /// their reconnect policy while the phase lasts `duration`.
     Server {
-        action: ServerAction,
+        action: SinkAction,
         admin: Option<SocketAddr>,
         duration: Duration,
         reconnect: Option<ReconnectPolicy>,

@@ -12,7 +12,7 @@
 //! Server-sent messages (MQTT PUBLISH, HTTP/2 DATA) may carry a stamp, `stampede` and the
 //! send time, so that the receiving side can time their delivery.
 //!
-//! Plain TCP never comes here: its connections keep the hand-written futures of `agent::conn`.
+//! Plain TCP never comes here: its connections live in `agent::table` (one epoll set per worker, no task each).
 //! A protocol is one file that adds a `Connector` variant (client side, built once per run
 //! from the profile), a `Session` variant (an established connection) and an `Acceptor`
 //! variant (the sink's side). `agent::layered` drives sessions; this module records nothing.

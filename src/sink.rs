@@ -13,7 +13,6 @@
 //! - `admin`: the HTTP admin endpoint (`POST /action`, `GET /stats`) and its client.
 //! - `workers`: `stampede sink --workers N`, one sink as N processes sharing its ports.
 
-mod action;
 pub(crate) mod admin;
 mod control;
 pub mod workers;
@@ -33,9 +32,9 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+pub use crate::profile::sink_action::{ACTION_NAMES, SinkAction};
 use crate::protocol::Acceptor;
 pub use crate::protocol::SinkStats;
-pub use action::{ACTION_NAMES, SinkAction};
 pub use admin::{admin_apply, admin_request, admin_stats, serve_admin};
 use control::{ConnId, ListenerRx};
 pub use control::{ControlError, SinkControl, SinkStatus};

@@ -28,6 +28,17 @@ use crate::metrics::{
     Counts, ErrorDetail, ErrorKind, HIGHEST_US, IntervalData, LOWEST_US, LatencySet, SIGFIGS,
 };
 
+/// How long a peer may take over each handshake step.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Wall-clock microseconds since the Unix epoch, as both ends stamp their frames (clock offsets
+/// are measured from these).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Bumped whenever a message changes shape; peers with another version are refused.
 /// 2: a sixth histogram (handshake), five more error kinds and the protocol failure details.
 /// 3: a seventh histogram (delivery) and the published / received message counts.

@@ -100,7 +100,7 @@ fn kubernetes_manifests_validate_and_carry_a_valid_profile() {
     for index in 0..agents {
         let share = profile.share(&weights, index);
         total += share.connections;
-        let pool = stampede::run::source_pool(&share, targets.clone(), range).unwrap();
+        let pool = stampede::stage::source_pool(&share, targets.clone(), range).unwrap();
         if let Err(e) = pool.check(share.peak_connections()) {
             panic!(
                 "agent {index}'s share of {} does not fit its pod: {e}",

@@ -1,6 +1,7 @@
 //! The tree's shape, as ARCHITECTURE.md draws it: no import circle between the crate's
-//! top-level modules. Reads src/ as text (non-test code, comments left out), so a new
-//! `use crate::...` that closes a circle fails here with the circle named.
+//! top-level modules, nor between the files of one module (`agent`'s `shard`, `table`, ...).
+//! Reads src/ as text (non-test code, comments left out), so a new `use crate::...` or
+//! `use super::...` that closes a circle fails here with the circle named.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -44,22 +45,14 @@ fn names_after<'a>(code: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a s
     })
 }
 
-/// Top-level module -> the top-level modules its code names.
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
+/// Every .rs file under src/ with its module path and its code (tests and comments left out).
+fn sources() -> Vec<(Vec<String>, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    let modules: BTreeSet<String> = files
-        .iter()
-        .filter_map(|f| module_path(&src, f).first().cloned())
-        .filter(|m| m != "lib" && m != "main")
-        .collect();
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out = Vec::new();
     for file in &files {
         let path = module_path(&src, file);
-        let Some(top) = path.first().filter(|m| modules.contains(*m)) else {
-            continue;
-        };
         if path.last().is_some_and(|p| p == "tests") {
             continue;
         }
@@ -70,19 +63,60 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
-        let mut named: Vec<&str> = names_after(&code, "crate::").collect();
-        // `super::` from a top-level module's own file is the crate root.
-        if path.len() == 1 {
-            named.extend(names_after(&code, "super::"));
+        out.push((path, code));
+    }
+    out
+}
+
+/// The children of module `parent` (`[]` for the crate root) -> the siblings their code names,
+/// through `crate::PARENT::X` or `super::X` (`super::super::X` one level further down).
+fn graph_under(parent: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+    let sources = sources();
+    let within =
+        |path: &[String]| path.len() > parent.len() && path.iter().zip(parent).all(|(a, b)| a == b);
+    let children: BTreeSet<String> = sources
+        .iter()
+        .filter(|(path, _)| within(path))
+        .map(|(path, _)| path[parent.len()].clone())
+        .filter(|m| !(parent.is_empty() && (m == "lib" || m == "main")))
+        .collect();
+    let crate_prefix: String = ["crate"]
+        .into_iter()
+        .chain(parent.iter().copied())
+        .map(|p| format!("{p}::"))
+        .collect();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, code) in &sources {
+        if !within(path) || !children.contains(&path[parent.len()]) {
+            continue;
         }
-        let edges = graph.entry(top.clone()).or_default();
+        let child = &path[parent.len()];
+        let mut named: Vec<&str> = names_after(code, &crate_prefix).collect();
+        // `super::` from the child's own file names a sibling (or the parent's items).
+        let supers = "super::".repeat(path.len() - parent.len());
+        named.extend(names_after(code, &supers));
+        let edges = graph.entry(child.clone()).or_default();
         for name in named {
-            if name != top && modules.contains(name) {
+            if name != child && children.contains(name) {
                 edges.insert(name.to_string());
             }
         }
     }
     graph
+}
+
+/// Top-level module -> the top-level modules its code names.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    graph_under(&[])
+}
+
+/// Every circle of `graph`, each as `a -> b -> a`.
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    graph
+        .keys()
+        .filter_map(|m| circle_through(graph, m))
+        .map(|c| c.join(" -> "))
+        .collect()
 }
 
 /// A circle through `start`, if there is one (depth-first search back to it).
@@ -122,15 +156,37 @@ fn no_import_circle_between_top_level_modules() {
     // The check itself must see the tree: these edges exist by design.
     assert!(graph["run"].contains("agent"), "{graph:?}");
     assert!(graph["coordinator"].contains("wire"), "{graph:?}");
-    let circles: Vec<String> = graph
-        .keys()
-        .filter_map(|m| circle_through(&graph, m))
-        .map(|c| c.join(" -> "))
-        .collect();
+    let circles = circles(&graph);
     assert!(
         circles.is_empty(),
         "import circles between top-level modules (break them as ARCHITECTURE.md says):\n{}",
         circles.join("\n")
+    );
+}
+
+#[test]
+fn no_import_circle_between_the_files_of_a_module() {
+    // Every module with files of its own: `agent`, `nlb`, `sink`, `tui::ui`, ...
+    let parents: BTreeSet<Vec<String>> = sources()
+        .into_iter()
+        .filter(|(path, _)| path.len() >= 2)
+        .map(|(path, _)| path[..path.len() - 1].to_vec())
+        .collect();
+    assert!(parents.contains(&vec!["agent".to_string()]), "{parents:?}");
+    let agent = graph_under(&["agent"]);
+    assert!(agent["worker"].contains("shard"), "{agent:?}");
+    let mut found = Vec::new();
+    for parent in &parents {
+        let parent: Vec<&str> = parent.iter().map(String::as_str).collect();
+        for circle in circles(&graph_under(&parent)) {
+            found.push(format!("{}: {circle}", parent.join("::")));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "import circles between the files of a module (move the shared part to a leaf file, as \
+         agent/timing.rs does):\n{}",
+        found.join("\n")
     );
 }
 

@@ -14,8 +14,8 @@ use std::rc::Rc;
 
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, micros};
 use super::shard::Shard;
+use super::timing::{TIMER_GRANULARITY, from_schedule, heartbeat_offset, micros};
 use crate::metrics::{ErrorDetail, ErrorKind, Latency};
 use crate::protocol::{Event, Failure, Session};
 
@@ -27,7 +27,7 @@ pub(crate) async fn run(shard: Rc<Shard>, slot: u64, intended: Instant, reconnec
     let mut planned = intended;
     loop {
         if attempt > 0 {
-            let Some(wait) = backoff(&shard, slot, attempt, &mut previous_ms) else {
+            let Some(wait) = shard.backoff(slot, attempt, &mut previous_ms) else {
                 return;
             };
             planned = Instant::now() + wait;

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
-use super::conn::TIMER_GRANULARITY;
 use super::shard::Shard;
+use super::timing::TIMER_GRANULARITY;
 use crate::metrics::{ErrorDetail, ErrorKind};
 use crate::protocol::{Connector, Event, Failure};
 

@@ -32,8 +32,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
-use super::conn::{TIMER_GRANULARITY, backoff, from_schedule, heartbeat_offset, micros};
 use super::shard::Shard;
+use super::timing::{TIMER_GRANULARITY, from_schedule, heartbeat_offset, micros};
 use crate::metrics::{ErrorKind, Latency};
 
 /// No deadline.
@@ -355,7 +355,7 @@ impl Table {
     fn reconnect_later(&mut self, shard: &Shard, index: usize) {
         let slot = self.slot(index);
         let conn = &mut self.conns[index];
-        match backoff(shard, slot, conn.attempt, &mut conn.previous_ms) {
+        match shard.backoff(slot, conn.attempt, &mut conn.previous_ms) {
             Some(wait) => {
                 let at = Self::now(shard) + micros(wait);
                 conn.state = State::Backoff;

@@ -333,56 +333,14 @@ pub fn sink_admin_action(
     action: SinkAdminAction,
     value: Option<&str>,
 ) -> Result<Option<SinkAction>, String> {
-    use SinkAction as S;
-    use SinkAdminAction as A;
+    if action == SinkAdminAction::Stats {
+        return match value {
+            None => Ok(None),
+            Some(v) => Err(format!("stats takes no value; got {v:?}")),
+        };
+    }
     let possible = clap::ValueEnum::to_possible_value(&action).expect("no action is skipped");
-    let name = possible.get_name();
-    let wants = match action {
-        A::CloseFraction => Some("a fraction from 0 to 1 (e.g. close-fraction 0.5)"),
-        A::CloseRate => Some("closes per second, a number >= 0 (e.g. close-rate 100; 0 stops)"),
-        A::Lifetime => Some("a duration (e.g. lifetime 30s) or `off`"),
-        _ => None,
-    };
-    let (value, wants) = match (wants, value) {
-        (None, None) => ("", ""),
-        (None, Some(v)) => return Err(format!("{name} takes no value; got {v:?}")),
-        (Some(wants), None) => return Err(format!("{name} needs a value: {wants}")),
-        (Some(wants), Some(v)) => (v.trim(), wants),
-    };
-    let number = || {
-        value
-            .parse::<f64>()
-            .map_err(|_| format!("{name}: {value:?} is not a number; expected {wants}"))
-    };
-    let chosen = match action {
-        A::Stats => return Ok(None),
-        A::CloseAll => S::CloseAll,
-        A::StopAccepting => S::StopAccepting,
-        A::StartAccepting => S::StartAccepting,
-        A::CloseFraction => S::CloseFraction {
-            fraction: number()?,
-        },
-        A::CloseRate => S::CloseRate {
-            per_second: number()?,
-        },
-        A::Lifetime => S::Lifetime {
-            seconds: match value {
-                "off" | "none" | "forever" => None,
-                _ => Some(
-                    crate::profile::duration::parse_duration(value)
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| {
-                            format!("lifetime: {value:?} is not a duration; expected {wants}")
-                        })?
-                        .as_secs_f64(),
-                ),
-            },
-        },
-    };
-    chosen
-        .validate()
-        .map_err(|_| format!("{name}: {value:?} is out of range; expected {wants}"))?;
-    Ok(Some(chosen))
+    SinkAction::from_words(possible.get_name(), value).map(Some)
 }
 
 pub async fn sink_admin_command(args: SinkAdminArgs) -> i32 {

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::gate::{self, Refusal, RefusalKind, RefusalLog};
-use super::{HANDSHAKE_TIMEOUT, log};
+use super::log;
+use crate::wire::HANDSHAKE_TIMEOUT;
 use crate::wire::{self, AgentInfo, Message, Opener, PROTOCOL_VERSION, Role, Sealer, WireError};
 
 /// A peer that passed the handshake.

@@ -17,7 +17,7 @@ use crate::collect::{Outputs, Progress, RunResult};
 use crate::host;
 use crate::live::{ControlRx, LiveTx};
 use crate::profile::{Profile, TargetSpec};
-use crate::run::RunError;
+use crate::stage::RunError;
 
 /// How many agent processes: a number, or enough for the file limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

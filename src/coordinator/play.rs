@@ -47,7 +47,7 @@ impl Play {
         }
         collector.set_allow_synthetic(o.roll.allow_synthetic);
         // Server phases need an admin address here: the swarm's sinks are other processes.
-        let server_phases = tokio::spawn(crate::run::play_server_phases(
+        let server_phases = tokio::spawn(crate::stage::play_server_phases(
             o.profile.clone(),
             start.at,
             None,

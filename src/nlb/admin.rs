@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use super::{Balancer, NlbMetrics};
+use super::{Balancer, NlbMetrics, TargetError};
 use crate::http::{Request, Response, call, serve_http};
 use crate::profile::TargetChange;
 
@@ -87,19 +87,20 @@ fn respond(request: &Request, nlb: &Arc<dyn Balancer>) -> Vec<u8> {
             let json = serde_json::to_string(&nlb.metrics()).unwrap_or_else(|_| "{}".into());
             Response::json("200 OK", json).bytes()
         }
-        Err(message) => Response::error("404 Not Found", &message).bytes(),
+        Err(e @ TargetError::Unknown { .. }) => {
+            Response::error("404 Not Found", &e.to_string()).bytes()
+        }
+        Err(e @ TargetError::Datapath(_)) => {
+            Response::error("500 Internal Server Error", &e.to_string()).bytes()
+        }
     }
-}
-
-fn renamed(e: String) -> String {
-    e.replacen("sink admin", "nlb admin", 1)
 }
 
 /// Reads an emulator's counters from its admin endpoint (bounded time).
 pub async fn admin_metrics(admin: SocketAddr) -> Result<NlbMetrics, String> {
     let text = call(admin, "GET", "/metrics.json", "")
         .await
-        .map_err(renamed)?;
+        .map_err(|e| format!("nlb admin {e}"))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("nlb admin {admin}: unexpected answer ({e}): {text}"))
 }
@@ -114,5 +115,5 @@ pub async fn admin_target(
     call(admin, "POST", &path, "")
         .await
         .map(drop)
-        .map_err(renamed)
+        .map_err(|e| format!("nlb admin {e}"))
 }

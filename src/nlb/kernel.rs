@@ -42,7 +42,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use super::{Balancer, CountersSnapshot, NlbConfig, NlbMetrics, NodeMetrics, TargetMetrics, lock};
+use super::{
+    Balancer, CountersSnapshot, NlbConfig, NlbMetrics, NodeMetrics, TargetError, TargetMetrics,
+    lock,
+};
 
 /// Where the kernel datapath lives and what it was asked to balance, validated.
 #[derive(Clone, Debug)]
@@ -615,17 +618,13 @@ impl KernelNlb {
         nft(&self.plan.netns, &script)
     }
 
-    fn target_index(&self, addr: SocketAddr) -> Result<usize, String> {
+    fn target_index(&self, addr: SocketAddr) -> Result<usize, TargetError> {
         self.plan
             .targets
             .iter()
             .position(|t| SocketAddr::V4(*t) == addr)
             .ok_or_else(|| {
-                let known: Vec<String> = self.plan.targets.iter().map(|t| t.to_string()).collect();
-                format!(
-                    "{addr} is not a target of this load balancer; its targets are {}",
-                    known.join(", ")
-                )
+                TargetError::unknown(addr, self.plan.targets.iter().map(|t| SocketAddr::V4(*t)))
             })
     }
 
@@ -1018,7 +1017,7 @@ impl Balancer for KernelNlb {
         m
     }
 
-    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
         let i = self.target_index(addr)?;
         {
             let mut r = lock(&self.registered);
@@ -1027,12 +1026,12 @@ impl Balancer for KernelNlb {
             }
             r[i] = (true, r[i].1 + 1);
         }
-        self.reload_dnat()?;
+        self.reload_dnat().map_err(TargetError::Datapath)?;
         lock(&self.latest).targets[i].registered = true;
         Ok(())
     }
 
-    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), String> {
+    fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
         let i = self.target_index(addr)?;
         let generation = {
             let mut r = lock(&self.registered);
@@ -1042,7 +1041,7 @@ impl Balancer for KernelNlb {
             r[i].0 = false;
             r[i].1
         };
-        self.reload_dnat()?;
+        self.reload_dnat().map_err(TargetError::Datapath)?;
         lock(&self.latest).targets[i].registered = false;
         if self.plan.config.connection_termination {
             let nlb = self.clone();

@@ -2,7 +2,7 @@
 //! before the first connection, the peak of active flows while the run lasts, and what changed
 //! by the end, for `summary.json`.
 //!
-//! Only reads the admin endpoint; `nlb` phases are played by `run::play_server_phases`.
+//! Only reads the admin endpoint; `nlb` phases are played by `stage::play_server_phases`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,7 +8,8 @@ use super::raw::{
     RawCutover, RawDrain, RawHold, RawNlbPhase, RawPhase, RawRamp, RawServer, RawStorm,
 };
 use super::reconnect::{RawReconnect, ReconnectPolicy};
-use super::{CloseMode, DrainShape, Phase, ProfileError, ServerAction, TargetChange, duration_at};
+use super::sink_action::NAMES;
+use super::{CloseMode, DrainShape, Phase, ProfileError, SinkAction, TargetChange, duration_at};
 
 /// What a phase may depend on outside itself.
 pub(super) struct Context {
@@ -116,10 +117,10 @@ fn drain(at: &str, drain: RawDrain) -> Result<Phase, ProfileError> {
 
 fn server(at: &str, server: RawServer) -> Result<Phase, ProfileError> {
     let action = match server.action.as_str() {
-        "close_all" => ServerAction::CloseAll,
-        "close_fraction" => {
-            ServerAction::CloseFraction(fraction_at(&format!("{at}.fraction"), server.fraction)?)
-        }
+        "close_all" => SinkAction::CloseAll,
+        "close_fraction" => SinkAction::CloseFraction {
+            fraction: fraction_at(&format!("{at}.fraction"), server.fraction)?,
+        },
         "close_rate" => {
             let rate = server.per_second.unwrap_or(0.0);
             if !(rate.is_finite() && rate > 0.0) {
@@ -128,20 +129,24 @@ fn server(at: &str, server: RawServer) -> Result<Phase, ProfileError> {
                     format!("{rate} is out of range; give connections per second above 0"),
                 ));
             }
-            ServerAction::CloseRate(rate)
+            SinkAction::CloseRate { per_second: rate }
         }
-        "lifetime" => ServerAction::Lifetime(match server.lifetime.as_deref() {
-            None | Some("forever") => None,
-            Some(text) => Some(duration_at(&format!("{at}.lifetime"), text)?),
-        }),
-        "stop_accepting" => ServerAction::StopAccepting,
-        "start_accepting" => ServerAction::StartAccepting,
+        "lifetime" => SinkAction::Lifetime {
+            seconds: match server.lifetime.as_deref() {
+                None | Some("forever") => None,
+                Some(text) => Some(duration_at(&format!("{at}.lifetime"), text)?.as_secs_f64()),
+            },
+        },
+        "stop_accepting" => SinkAction::StopAccepting,
+        "start_accepting" => SinkAction::StartAccepting,
         other => {
+            let quoted: Vec<String> = NAMES.iter().map(|n| format!("{n:?}")).collect();
+            let (last, first) = quoted.split_last().expect("six names");
             return Err(ProfileError::at(
                 format!("{at}.do"),
                 format!(
-                    "{other:?} is not valid; expected \"close_all\", \"close_fraction\", \
-                     \"close_rate\", \"lifetime\", \"stop_accepting\" or \"start_accepting\""
+                    "{other:?} is not valid; expected {} or {last}",
+                    first.join(", ")
                 ),
             ));
         }

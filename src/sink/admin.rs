@@ -14,9 +14,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use super::SinkStats;
-use super::action::SinkAction;
 use super::control::{ControlError, SinkControl, SinkStatus};
 use crate::http::{Request, Response, call, serve_http};
+use crate::profile::sink_action::SinkAction;
 
 /// Serves the admin endpoint until `shutdown` completes: `POST /action` with a JSON body of one
 /// `SinkAction` (e.g. `{"action":"close_fraction","fraction":0.5}`), answered with the state
@@ -69,13 +69,17 @@ pub async fn admin_request(admin: SocketAddr, action: &SinkAction) -> Result<(),
 /// Sends one action to a sink's admin endpoint; returns the sink's state after it.
 pub async fn admin_apply(admin: SocketAddr, action: &SinkAction) -> Result<SinkStatus, String> {
     let body = serde_json::to_string(action).map_err(|e| format!("sink admin {admin}: {e}"))?;
-    let text = call(admin, "POST", "/action", &body).await?;
+    let text = call(admin, "POST", "/action", &body)
+        .await
+        .map_err(|e| format!("sink admin {e}"))?;
     parse_status(admin, &text)
 }
 
 /// Reads a sink's state from its admin endpoint (bounded time).
 pub async fn admin_stats(admin: SocketAddr) -> Result<SinkStatus, String> {
-    let text = call(admin, "GET", "/stats", "").await?;
+    let text = call(admin, "GET", "/stats", "")
+        .await
+        .map_err(|e| format!("sink admin {e}"))?;
     parse_status(admin, &text)
 }
 

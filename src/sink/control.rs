@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::SinkStats;
-use super::action::{MAX_LIFETIME_SECONDS, SinkAction};
+use crate::profile::sink_action::{MAX_LIFETIME_SECONDS, SinkAction};
 
 /// A settings change that could not be carried out.
 #[derive(Debug, thiserror::Error)]

@@ -15,12 +15,12 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use crate::agent::{Engine, EnginePlan};
 use crate::collect::{Collector, Outputs, Progress, open_outputs};
-use crate::coordinator::{HANDSHAKE_TIMEOUT, unix_us};
 use crate::profile::{PlanAddress, Profile, SourceSpec, TargetSpec, sources, timeline};
-use crate::run::{PreflightInput, RunError, preflight};
+use crate::stage::{PreflightInput, RunError, preflight};
 use crate::wire::{
     self, AgentInfo, Message, Opener, PROTOCOL_VERSION, PlanMsg, Role, Sealer, WireInterval,
 };
+use crate::wire::{HANDSHAKE_TIMEOUT, unix_us};
 
 /// The sealing ends of an authenticated session (see `wire::Sealer`).
 pub(crate) struct Link {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 
 use super::session::{AgentExit, AgentOptions, Link, await_plan, dial, join};
-use crate::coordinator::unix_us;
 use crate::metrics::{IntervalData, Latency};
 use crate::profile::{Profile, timeline};
+use crate::wire::unix_us;
 use crate::wire::{Message, WireInterval};
 
 /// A small deterministic generator (xorshift), so runs are comparable.

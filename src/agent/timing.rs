@@ -1,14 +1,11 @@
-//! What every connection path shares: heartbeat spreading, latency from the schedule
-//! (coordinated omission, less the timer's grid) and the reconnect backoff under the policy in
-//! force. Plain TCP lives in `table`, other protocols in `layered`; both count through the
-//! shard's accounting (`Shard::connected`, `Shard::up`), so there is one meaning of each figure.
+//! The timing every connection path shares: heartbeat spreading and latency from the schedule
+//! (coordinated omission, less the timer's grid). A leaf: it knows nothing of shards or
+//! connections, so `table`, `layered`, `publisher` and `shard` all import it and it imports
+//! none of them.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use super::shard::Shard;
-use crate::profile::reconnect::ReconnectPolicy;
 
 /// Spreads heartbeat start times by the golden ratio so that no two slots line up.
 pub(crate) fn heartbeat_offset(slot: u64, interval: Duration) -> Duration {
@@ -31,35 +28,6 @@ pub const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
 pub(crate) fn from_schedule(scheduled: Instant, started: Instant, now: Instant) -> Duration {
     let lag = started.saturating_duration_since(scheduled);
     now.saturating_duration_since(scheduled) - lag.min(TIMER_GRANULARITY)
-}
-
-/// The wait before reconnect attempt `attempt` under the policy in force, or `None` to give up
-/// (counted unless the policy is never to reconnect).
-pub(crate) fn backoff(
-    shard: &Shard,
-    slot: u64,
-    attempt: u32,
-    previous_ms: &mut u32,
-) -> Option<Duration> {
-    shard.catch_up();
-    let policy = shard.policy.get();
-    let previous = Duration::from_millis(u64::from(*previous_ms));
-    match policy.delay(attempt, previous, shard.random(slot)) {
-        Some(wait) => {
-            *previous_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-            Some(wait)
-        }
-        None => {
-            if policy != ReconnectPolicy::Never {
-                let (source, target) = shard.plan.pool.pair_in(slot, shard.target_set.get());
-                shard
-                    .data
-                    .borrow_mut()
-                    .count(source, target, |c| c.given_up += 1);
-            }
-            None
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The actions a sink can play on its clients, as the admin endpoint, the command line and
-//! profiles name them, and their validation. Parsing only: `control` carries them out.
+//! The one vocabulary of what a sink can do to its clients: the type a profile's `server` phase
+//! holds, the admin endpoint parses (`from_json`), `stampede sink-admin` parses
+//! (`from_words`) and `sink::SinkControl` carries out. The sink re-exports it.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -29,7 +30,16 @@ pub enum SinkAction {
     StartAccepting,
 }
 
-/// Names of the actions as they appear in JSON, quoted in errors.
+/// Names of the actions as they appear in JSON (and, with dashes, on the command line).
+pub const NAMES: [&str; 6] = [
+    "close_all",
+    "close_fraction",
+    "close_rate",
+    "lifetime",
+    "stop_accepting",
+    "start_accepting",
+];
+/// `NAMES` as a list for error messages.
 pub const ACTION_NAMES: &str =
     "close_all, close_fraction, close_rate, lifetime, stop_accepting, start_accepting";
 const FRACTION_HINT: &str = "expected a number from 0 to 1";
@@ -104,6 +114,63 @@ impl SinkAction {
         }
         action.validate()?;
         Ok(action)
+    }
+
+    /// Parses the command line's form: an action name (`close-fraction` or `close_fraction`)
+    /// and its one value (`0.5`, `100`, `30s` or `off`). Errors name the action and what it
+    /// wants.
+    pub fn from_words(name: &str, value: Option<&str>) -> Result<SinkAction, String> {
+        let key = name.replace('-', "_");
+        let wants = match key.as_str() {
+            "close_fraction" => Some("a fraction from 0 to 1 (e.g. close-fraction 0.5)"),
+            "close_rate" => Some("closes per second, a number >= 0 (e.g. close-rate 100; 0 stops)"),
+            "lifetime" => Some("a duration (e.g. lifetime 30s) or `off`"),
+            _ => None,
+        };
+        let (value, wants) = match (wants, value) {
+            (None, None) => ("", ""),
+            (None, Some(v)) => return Err(format!("{name} takes no value; got {v:?}")),
+            (Some(wants), None) => return Err(format!("{name} needs a value: {wants}")),
+            (Some(wants), Some(v)) => (v.trim(), wants),
+        };
+        let number = || {
+            value
+                .parse::<f64>()
+                .map_err(|_| format!("{name}: {value:?} is not a number; expected {wants}"))
+        };
+        let chosen = match key.as_str() {
+            "close_all" => SinkAction::CloseAll,
+            "stop_accepting" => SinkAction::StopAccepting,
+            "start_accepting" => SinkAction::StartAccepting,
+            "close_fraction" => SinkAction::CloseFraction {
+                fraction: number()?,
+            },
+            "close_rate" => SinkAction::CloseRate {
+                per_second: number()?,
+            },
+            "lifetime" => SinkAction::Lifetime {
+                seconds: match value {
+                    "off" | "none" | "forever" => None,
+                    _ => Some(
+                        super::duration::parse_duration(value)
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                format!("lifetime: {value:?} is not a duration; expected {wants}")
+                            })?
+                            .as_secs_f64(),
+                    ),
+                },
+            },
+            _ => {
+                return Err(format!(
+                    "{name:?} is not an action; expected one of {ACTION_NAMES}"
+                ));
+            }
+        };
+        chosen
+            .validate()
+            .map_err(|_| format!("{name}: {value:?} is out of range; expected {wants}"))?;
+        Ok(chosen)
     }
 
     /// Checks the numbers an action carries; the error names the field.
