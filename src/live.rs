@@ -41,7 +41,7 @@ pub struct AgentRow {
     pub connect_p99_us: Option<u64>,
     /// Seconds since its last report.
     pub last_report_s: f64,
-    pub status: String,
+    pub status: crate::report::summary::AgentStatus,
 }
 
 /// The run as of its latest completed interval.

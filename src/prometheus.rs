@@ -397,7 +397,7 @@ pub fn render(snapshot: Option<&LiveSnapshot>) -> String {
         for a in &s.agents {
             e.sample(
                 "stampede_agent_info",
-                &[("agent", &a.name), ("status", &a.status)],
+                &[("agent", &a.name), ("status", a.status.as_str())],
                 1.0,
             );
         }

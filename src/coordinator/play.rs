@@ -3,7 +3,7 @@
 
 use tokio::time::Instant;
 
-use super::{Agent, Settings, Start, Swarm, log, remap, stop_all};
+use super::{Agent, Settings, Start, Swarm, log, stop_all};
 use crate::collect::{Collector, Progress, RunResult};
 use crate::live::{AgentRow, Control, ControlRx};
 use crate::metrics::{IntervalSnapshot, Latency};
@@ -139,12 +139,7 @@ impl Play {
                 return false;
             }
         };
-        let data = remap::onto_run(
-            data,
-            &agent.source_map,
-            self.source_count,
-            self.target_count,
-        );
+        let data = data.onto_run(&agent.source_map, self.source_count, self.target_count);
         agent.established += data.totals.established;
         agent.errors += data.totals.error_total();
         agent.open = report.open;
@@ -198,7 +193,7 @@ impl Play {
                 last_report_s: a
                     .last_report
                     .map_or(f64::NAN, |t| t.elapsed().as_secs_f64()),
-                status: a.status.as_str().to_string(),
+                status: a.status,
             })
             .collect();
         self.collector.set_agents(o.roll.expected, rows);

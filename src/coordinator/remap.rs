@@ -1,9 +1,8 @@
-//! Moving an agent's sources and interval counts onto the run's source and target lists.
+//! The run's source list, from the labels each agent sends: what `IntervalData::onto_run`
+//! (metrics.rs) moves an agent's per-source counts onto.
 //!
 //! Interval numbers need no remapping: agents start on the coordinator's corrected clock, so an
 //! agent's interval `k` is already second `k` of the run.
-
-use crate::metrics::{Counts, IntervalData};
 
 /// The run's source list, built from the labels each agent sends when it accepts its plan.
 #[derive(Debug, Default)]
@@ -39,26 +38,6 @@ impl SourceLabels {
     }
 }
 
-/// An agent's interval in the run's terms: its per-source counts moved to the run's source
-/// indices (`source_map`, from `SourceLabels::add_agent`) and its per-target counts sized to
-/// the run's targets. Everything else is already the run's.
-pub fn onto_run(
-    mut data: IntervalData,
-    source_map: &[usize],
-    sources: usize,
-    targets: usize,
-) -> IntervalData {
-    let mut per_source = vec![Counts::default(); sources];
-    for (local, counts) in data.per_source.iter().enumerate() {
-        if let Some(run) = source_map.get(local).and_then(|&at| per_source.get_mut(at)) {
-            run.add(counts);
-        }
-    }
-    data.per_source = per_source;
-    data.per_target.resize(targets, Counts::default());
-    data
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,29 +57,5 @@ mod tests {
             run.into_labels(),
             ["10.0.0.1", "kernel-chosen@alpha", "kernel-chosen@beta"]
         );
-    }
-
-    #[test]
-    fn an_interval_lands_on_the_run_sources_and_targets() {
-        let mut data = IntervalData::new(2, 1);
-        data.count(0, 0, |c| c.attempts += 3);
-        data.count(1, 0, |c| c.attempts += 5);
-        // The agent's source 0 is the run's 2, its source 1 the run's 0; the run has 3
-        // sources and 2 targets.
-        let run = onto_run(data, &[2, 0], 3, 2);
-        let attempts: Vec<u64> = run.per_source.iter().map(|c| c.attempts).collect();
-        assert_eq!(attempts, [5, 0, 3]);
-        assert_eq!(run.per_target.len(), 2);
-        assert_eq!(run.per_target[0].attempts, 8);
-        assert_eq!(run.totals.attempts, 8);
-    }
-
-    #[test]
-    fn sources_the_map_does_not_know_are_dropped() {
-        let mut data = IntervalData::new(2, 0);
-        data.count(1, 0, |c| c.attempts += 1);
-        let run = onto_run(data, &[0], 1, 0);
-        assert_eq!(run.per_source[0].attempts, 0);
-        assert_eq!(run.totals.attempts, 1);
     }
 }

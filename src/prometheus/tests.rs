@@ -132,7 +132,7 @@ fn a_swarm_snapshot_renders_as_valid_exposition() {
         value(
             &families,
             "stampede_agent_info",
-            &[("agent", "agent-3"), ("status", "late")]
+            &[("agent", "agent-3"), ("status", "lost")]
         ),
         1.0
     );

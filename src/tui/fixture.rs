@@ -10,7 +10,7 @@ use crate::live::{AgentRow, LiveSnapshot, RunState};
 use crate::metrics::{Aggregate, ErrorKind, IntervalData, IntervalSnapshot, Latency};
 use crate::profile::threshold::Threshold;
 use crate::profile::timeline::PhaseSpan;
-use crate::report::summary::{RunFacts, Summary};
+use crate::report::summary::{AgentStatus, RunFacts, Summary};
 
 const SECONDS: u64 = 95;
 const SOURCES: [&str; 4] = ["127.0.10.1", "127.0.10.2", "127.0.10.3", "127.0.10.4"];
@@ -198,7 +198,11 @@ pub fn swarm_snapshot() -> LiveSnapshot {
             errors: if i == 2 { 2_400 } else { 24 + i },
             connect_p99_us: Some(1_850 + i * 311),
             last_report_s: if i == 2 { 7.5 } else { 0.4 + i as f64 * 0.1 },
-            status: if i == 2 { "late" } else { "running" }.to_string(),
+            status: if i == 2 {
+                AgentStatus::Lost
+            } else {
+                AgentStatus::Running
+            },
         })
         .collect();
     s

@@ -9,6 +9,7 @@ use ratatui::widgets::{Cell, Paragraph, Row, Wrap};
 use super::tables::{draw_scrolled, name_width};
 use super::{DIM, ERRORS, TITLE, bordered, right, thousands};
 use crate::live::LiveSnapshot;
+use crate::report::summary::AgentStatus;
 use crate::profile::duration::human_micros;
 
 pub(super) fn draw_agents(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
@@ -32,10 +33,13 @@ pub(super) fn draw_agents(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scrol
         .iter()
         .map(|a| {
             let stale = a.last_report_s > 3.0;
-            let status_style = match a.status.as_str() {
-                "ok" | "running" => Style::new().fg(Color::Green),
-                _ if stale => Style::new().fg(Color::Yellow),
-                _ => Style::new(),
+            // A running agent that has gone quiet is yellow before the coordinator gives up
+            // on it and marks it lost.
+            let status_style = match a.status {
+                AgentStatus::Running if stale => Style::new().fg(Color::Yellow),
+                AgentStatus::Running => Style::new().fg(Color::Green),
+                AgentStatus::Lost => Style::new().fg(ERRORS),
+                AgentStatus::Finished | AgentStatus::Stopped => Style::new(),
             };
             Row::new([
                 Cell::from(a.name.clone()),
@@ -62,7 +66,7 @@ pub(super) fn draw_agents(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scrol
                         }),
                 ),
                 Cell::from(
-                    Line::from(a.status.clone())
+                    Line::from(a.status.as_str())
                         .right_aligned()
                         .style(status_style),
                 ),
