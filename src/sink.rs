@@ -8,7 +8,7 @@
 //! Plain TCP is echoed here; other protocols (`run_protocol`) handshake and echo in
 //! `crate::protocol`, under the same registry and actions.
 //!
-//! - `action`: the actions (close_all, close_fraction, ...) and their validation.
+//! - The actions (close_all, close_fraction, ...) are `profile::SinkAction`, re-exported here.
 //! - `control`: carries actions out: the connection registry, the closer task, the listeners.
 //! - `admin`: the HTTP admin endpoint (`POST /action`, `GET /stats`) and its client.
 //! - `workers`: `stampede sink --workers N`, one sink as N processes sharing its ports.

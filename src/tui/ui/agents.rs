@@ -9,8 +9,8 @@ use ratatui::widgets::{Cell, Paragraph, Row, Wrap};
 use super::tables::{draw_scrolled, name_width};
 use super::{DIM, ERRORS, TITLE, bordered, right, thousands};
 use crate::live::LiveSnapshot;
-use crate::report::summary::AgentStatus;
 use crate::profile::duration::human_micros;
+use crate::report::summary::AgentStatus;
 
 pub(super) fn draw_agents(frame: &mut Frame, area: Rect, s: &LiveSnapshot, scroll: usize) {
     if s.agents.is_empty() {
