@@ -225,6 +225,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_line_form_parses_and_names_match() {
+        assert_eq!(ACTION_NAMES, NAMES.join(", "));
+        let ok = |name: &str, value: Option<&str>| SinkAction::from_words(name, value).unwrap();
+        assert_eq!(
+            ok("close-fraction", Some("0.5")),
+            SinkAction::CloseFraction { fraction: 0.5 }
+        );
+        assert_eq!(
+            ok("close_rate", Some(" 100 ")),
+            SinkAction::CloseRate { per_second: 100.0 }
+        );
+        assert_eq!(
+            ok("lifetime", Some("30s")),
+            SinkAction::Lifetime {
+                seconds: Some(30.0)
+            }
+        );
+        assert_eq!(
+            ok("lifetime", Some("off")),
+            SinkAction::Lifetime { seconds: None }
+        );
+        assert_eq!(ok("stop-accepting", None), SinkAction::StopAccepting);
+        // Every name the JSON knows, the command line knows too.
+        for name in NAMES {
+            let value = match name {
+                "close_fraction" => Some("1"),
+                "close_rate" => Some("0"),
+                "lifetime" => Some("1s"),
+                _ => None,
+            };
+            assert!(SinkAction::from_words(name, value).is_ok(), "{name}");
+        }
+        let err =
+            |name: &str, value: Option<&str>| SinkAction::from_words(name, value).unwrap_err();
+        assert!(err("close-all", Some("1")).contains("takes no value"));
+        assert!(err("close-fraction", None).contains("needs a value"));
+        assert!(err("close-fraction", Some("2")).contains("out of range"));
+        assert!(err("close-rate", Some("fast")).contains("not a number"));
+        assert!(err("lifetime", Some("soon")).contains("not a duration"));
+        assert!(err("explode", None).contains("not an action"));
+    }
+
+    #[test]
     fn bodies_parse_and_errors_name_the_field() {
         let ok = |body: &str| SinkAction::from_json(body.as_bytes()).unwrap();
         assert_eq!(ok(r#"{"action":"close_all"}"#), SinkAction::CloseAll);
