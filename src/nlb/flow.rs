@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::metrics::Counters;
@@ -124,50 +125,22 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let mut terminate_rx = target.terminate_tx.subscribe();
-    let mut flow = Flow {
-        client,
-        upstream,
-        up: Pipe::default(),
-        down: Pipe::default(),
-        last: Instant::now(),
+    let terminate_rx = target.terminate_tx.subscribe();
+    let mut counted = Counted {
+        flow: Flow {
+            client,
+            upstream,
+            up: Pipe::default(),
+            down: Pipe::default(),
+            last: Instant::now(),
+        },
+        place: &place,
     };
     let idle = nlb.config.idle_timeout;
-    let sleep = tokio::time::sleep_until(flow.last + idle);
-    tokio::pin!(sleep);
-    let mut watching = true;
-    // The termination may have come while this flow was still connecting, before it watched.
-    let end = if *terminate_rx.borrow_and_update() >= generation {
-        End::Terminated
-    } else {
-        loop {
-            let wake = tokio::select! {
-                end = std::future::poll_fn(|cx| flow.pump(&place, cx)) => Wake::Ended(end),
-                () = &mut sleep => Wake::Timer,
-                changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
-            };
-            match wake {
-                Wake::Ended(end) => break end,
-                Wake::Timer => {
-                    let due = flow.last + idle;
-                    if Instant::now() < due {
-                        sleep.as_mut().reset(due);
-                    } else {
-                        break End::Idle;
-                    }
-                }
-                Wake::Termination(false) => watching = false,
-                Wake::Termination(true) => {
-                    if *terminate_rx.borrow_and_update() >= generation {
-                        break End::Terminated;
-                    }
-                }
-            }
-        }
-    };
+    let end = until_end(&mut counted, idle, terminate_rx, generation).await;
     let Flow {
         client, upstream, ..
-    } = flow;
+    } = counted.flow;
     match end {
         End::Closed => {}
         End::Client => {
@@ -189,6 +162,72 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
             // Forgotten: out of the active count, its port free again, at once.
             drop(active);
             forgotten(client, upstream, idle, &place).await;
+        }
+    }
+}
+
+/// What `until_end` needs of a flow's copy: the real one (`Counted`), or a stand-in without
+/// sockets so that tests can run the idle and termination clocks on a paused clock.
+trait Copying {
+    /// Moves what can move now; ready once the flow is over.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<End>;
+    /// When bytes last moved either way.
+    fn last(&self) -> Instant;
+}
+
+/// A flow's copy, counting its bytes at its place.
+struct Counted<'a> {
+    flow: Flow,
+    place: &'a Place<'a>,
+}
+
+impl Copying for Counted<'_> {
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.flow.pump(self.place, cx)
+    }
+
+    fn last(&self) -> Instant {
+        self.flow.last
+    }
+}
+
+/// Copies until the flow ends: both ends closed or one reset, no bytes moved for `idle`, or
+/// its target's termination (`terminate_rx`) reached the flow's `generation`.
+async fn until_end(
+    copy: &mut impl Copying,
+    idle: Duration,
+    mut terminate_rx: watch::Receiver<u64>,
+    generation: u64,
+) -> End {
+    // The termination may have come while this flow was still connecting, before it watched.
+    if *terminate_rx.borrow_and_update() >= generation {
+        return End::Terminated;
+    }
+    let sleep = tokio::time::sleep_until(copy.last() + idle);
+    tokio::pin!(sleep);
+    let mut watching = true;
+    loop {
+        let wake = tokio::select! {
+            end = std::future::poll_fn(|cx| copy.pump(cx)) => Wake::Ended(end),
+            () = &mut sleep => Wake::Timer,
+            changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
+        };
+        match wake {
+            Wake::Ended(end) => return end,
+            Wake::Timer => {
+                let due = copy.last() + idle;
+                if Instant::now() < due {
+                    sleep.as_mut().reset(due);
+                } else {
+                    return End::Idle;
+                }
+            }
+            Wake::Termination(false) => watching = false,
+            Wake::Termination(true) => {
+                if *terminate_rx.borrow_and_update() >= generation {
+                    return End::Terminated;
+                }
+            }
         }
     }
 }
@@ -300,6 +339,7 @@ enum Wake {
 }
 
 /// How a flow ended.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
     /// Both ends closed in order.
     Closed,
