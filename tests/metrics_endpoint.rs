@@ -131,9 +131,18 @@ fn metrics_are_served_as_valid_exposition_while_the_run_lasts() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    std::thread::sleep(Duration::from_millis(1500));
-    let (_, _, body) = scrape(addr);
-    let later = exposition::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+    // A later snapshot: polled (bounded) until the run has published a newer one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let elapsed = |families: &[Family]| value(families, "stampede_elapsed_seconds", &[]);
+    let later = loop {
+        let (_, _, body) = scrape(addr);
+        let families = exposition::parse(&body).unwrap_or_else(|e| panic!("{e}\n{body}"));
+        if elapsed(&families) > elapsed(&early) {
+            break families;
+        }
+        assert!(Instant::now() < deadline, "no newer snapshot:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
 
     for f in &later {
         assert!(f.name.starts_with("stampede_"), "{}", f.name);

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::metrics::Counters;
@@ -124,50 +125,22 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let mut terminate_rx = target.terminate_tx.subscribe();
-    let mut flow = Flow {
-        client,
-        upstream,
-        up: Pipe::default(),
-        down: Pipe::default(),
-        last: Instant::now(),
+    let terminate_rx = target.terminate_tx.subscribe();
+    let mut counted = Counted {
+        flow: Flow {
+            client,
+            upstream,
+            up: Pipe::default(),
+            down: Pipe::default(),
+            last: Instant::now(),
+        },
+        place: &place,
     };
     let idle = nlb.config.idle_timeout;
-    let sleep = tokio::time::sleep_until(flow.last + idle);
-    tokio::pin!(sleep);
-    let mut watching = true;
-    // The termination may have come while this flow was still connecting, before it watched.
-    let end = if *terminate_rx.borrow_and_update() >= generation {
-        End::Terminated
-    } else {
-        loop {
-            let wake = tokio::select! {
-                end = std::future::poll_fn(|cx| flow.pump(&place, cx)) => Wake::Ended(end),
-                () = &mut sleep => Wake::Timer,
-                changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
-            };
-            match wake {
-                Wake::Ended(end) => break end,
-                Wake::Timer => {
-                    let due = flow.last + idle;
-                    if Instant::now() < due {
-                        sleep.as_mut().reset(due);
-                    } else {
-                        break End::Idle;
-                    }
-                }
-                Wake::Termination(false) => watching = false,
-                Wake::Termination(true) => {
-                    if *terminate_rx.borrow_and_update() >= generation {
-                        break End::Terminated;
-                    }
-                }
-            }
-        }
-    };
+    let end = until_end(&mut counted, idle, terminate_rx, generation).await;
     let Flow {
         client, upstream, ..
-    } = flow;
+    } = counted.flow;
     match end {
         End::Closed => {}
         End::Client => {
@@ -189,6 +162,72 @@ pub(super) async fn serve(nlb: Arc<Nlb>, client: TcpStream, peer: SocketAddr) {
             // Forgotten: out of the active count, its port free again, at once.
             drop(active);
             forgotten(client, upstream, idle, &place).await;
+        }
+    }
+}
+
+/// What `until_end` needs of a flow's copy: the real one (`Counted`), or a stand-in without
+/// sockets so that tests can run the idle and termination clocks on a paused clock.
+trait Copying {
+    /// Moves what can move now; ready once the flow is over.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<End>;
+    /// When bytes last moved either way.
+    fn last(&self) -> Instant;
+}
+
+/// A flow's copy, counting its bytes at its place.
+struct Counted<'a> {
+    flow: Flow,
+    place: &'a Place<'a>,
+}
+
+impl Copying for Counted<'_> {
+    fn pump(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.flow.pump(self.place, cx)
+    }
+
+    fn last(&self) -> Instant {
+        self.flow.last
+    }
+}
+
+/// Copies until the flow ends: both ends closed or one reset, no bytes moved for `idle`, or
+/// its target's termination (`terminate_rx`) reached the flow's `generation`.
+async fn until_end(
+    copy: &mut impl Copying,
+    idle: Duration,
+    mut terminate_rx: watch::Receiver<u64>,
+    generation: u64,
+) -> End {
+    // The termination may have come while this flow was still connecting, before it watched.
+    if *terminate_rx.borrow_and_update() >= generation {
+        return End::Terminated;
+    }
+    let sleep = tokio::time::sleep_until(copy.last() + idle);
+    tokio::pin!(sleep);
+    let mut watching = true;
+    loop {
+        let wake = tokio::select! {
+            end = std::future::poll_fn(|cx| copy.pump(cx)) => Wake::Ended(end),
+            () = &mut sleep => Wake::Timer,
+            changed = terminate_rx.changed(), if watching => Wake::Termination(changed.is_ok()),
+        };
+        match wake {
+            Wake::Ended(end) => return end,
+            Wake::Timer => {
+                let due = copy.last() + idle;
+                if Instant::now() < due {
+                    sleep.as_mut().reset(due);
+                } else {
+                    return End::Idle;
+                }
+            }
+            Wake::Termination(false) => watching = false,
+            Wake::Termination(true) => {
+                if *terminate_rx.borrow_and_update() >= generation {
+                    return End::Terminated;
+                }
+            }
         }
     }
 }
@@ -300,6 +339,7 @@ enum Wake {
 }
 
 /// How a flow ended.
+#[derive(Debug, PartialEq, Eq)]
 enum End {
     /// Both ends closed in order.
     Closed,
@@ -430,5 +470,254 @@ fn copy(
         if sent < data.len() {
             pipe.pending.extend_from_slice(&data[sent..]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The idle timeout and the deregistration delay on a paused clock, with AWS's numbers,
+    //! to the second. Flows here are `Fake` copies, not sockets: a paused clock jumps ahead
+    //! whenever the runtime has nothing to do, and a runtime waiting on the kernel counts as
+    //! such, so real I/O would let these timers fire early.
+
+    use std::net::SocketAddr;
+
+    use tokio::sync::mpsc;
+    use tokio::task::JoinHandle;
+    use tokio::time::sleep;
+
+    use super::*;
+    use crate::nlb::{NlbConfig, Route};
+
+    const A: &str = "127.0.0.1:7000";
+    const B: &str = "127.0.0.1:7001";
+
+    /// A flow's copy without sockets: each `()` received is bytes moved now; the flow closes
+    /// in order once the sender is dropped.
+    struct Fake {
+        bytes_rx: mpsc::UnboundedReceiver<()>,
+        last: Instant,
+    }
+
+    impl Copying for Fake {
+        fn pump(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+            loop {
+                match self.bytes_rx.poll_recv(cx) {
+                    Poll::Ready(Some(())) => self.last = Instant::now(),
+                    Poll::Ready(None) => return Poll::Ready(End::Closed),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        }
+
+        fn last(&self) -> Instant {
+            self.last
+        }
+    }
+
+    type Ended = JoinHandle<(End, Instant)>;
+
+    /// A flow of `generation` starting now on its own task: the sender that moves bytes on it,
+    /// and how and when it ends.
+    fn flow(
+        idle: Duration,
+        terminate_rx: watch::Receiver<u64>,
+        generation: u64,
+    ) -> (mpsc::UnboundedSender<()>, Ended) {
+        let (bytes_tx, bytes_rx) = mpsc::unbounded_channel();
+        let mut fake = Fake {
+            bytes_rx,
+            last: Instant::now(),
+        };
+        let ended = tokio::spawn(async move {
+            let end = until_end(&mut fake, idle, terminate_rx, generation).await;
+            (end, Instant::now())
+        });
+        (bytes_tx, ended)
+    }
+
+    /// How and when `ended` ends: bounded in virtual time, so that a flow that never ends
+    /// fails the test at once instead of hanging it.
+    async fn end_of(ended: Ended) -> (End, Instant) {
+        tokio::time::timeout(Duration::from_secs(24 * 3600), ended)
+            .await
+            .expect("the flow ends within a (virtual) day")
+            .unwrap()
+    }
+
+    /// Moves bytes on a flow every `every` until the flow has ended.
+    fn heartbeat(bytes_tx: mpsc::UnboundedSender<()>, every: Duration) {
+        tokio::spawn(async move {
+            loop {
+                sleep(every).await;
+                if bytes_tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// An emulator with AWS's defaults for targets a and b on one node.
+    fn aws(connection_termination: bool) -> Arc<Nlb> {
+        let mut config = NlbConfig::new(vec![A.parse().unwrap(), B.parse().unwrap()], 1);
+        assert_eq!(config.idle_timeout, Duration::from_secs(350));
+        assert_eq!(config.deregistration_delay, Duration::from_secs(300));
+        config.connection_termination = connection_termination;
+        Nlb::new(config)
+    }
+
+    /// A flow admitted now that the emulator routes to `target` (by its index), as `serve`
+    /// admits one: that target's termination watched, the generation of its registration.
+    fn admit(nlb: &Nlb, target: usize) -> (mpsc::UnboundedSender<()>, Ended) {
+        let (index, generation) = (20_000..30_000)
+            .find_map(|port| {
+                let client = SocketAddr::from(([127, 0, 0, 9], port));
+                match nlb.route(client) {
+                    Route {
+                        target: Some((index, generation)),
+                        ..
+                    } if index == target => Some((index, generation)),
+                    _ => None,
+                }
+            })
+            .expect("a client port routed to the target");
+        let terminate_rx = nlb.targets[index].terminate_tx.subscribe();
+        flow(nlb.config.idle_timeout, terminate_rx, generation)
+    }
+
+    /// Whether new flows, from any of a hundred clients, all avoid target a.
+    fn new_flows_avoid_a(nlb: &Nlb) -> bool {
+        (40_000..40_100).all(|port| {
+            let client = SocketAddr::from(([127, 0, 0, 9], port));
+            nlb.route(client).target.map(|t| t.0) != Some(0)
+        })
+    }
+
+    fn terminated_generation(nlb: &Nlb, target: usize) -> u64 {
+        *nlb.targets[target].terminate_tx.borrow()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_flow_is_forgotten_at_350_s_and_not_at_349_s() {
+        let nlb = aws(false);
+        let started = Instant::now();
+        let (_bytes_tx, ended) = admit(&nlb, 0);
+        sleep(Duration::from_secs(349)).await;
+        assert!(!ended.is_finished(), "forgotten before its idle timeout");
+        assert_eq!(
+            end_of(ended).await,
+            (End::Idle, started + Duration::from_secs(350))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_moved_restart_the_idle_clock() {
+        let nlb = aws(false);
+        let (bytes_tx, ended) = admit(&nlb, 0);
+        // Bytes each 349 s, just within the timeout each time, keep the flow...
+        for _ in 0..3 {
+            sleep(Duration::from_secs(349)).await;
+            bytes_tx.send(()).unwrap();
+        }
+        let last_moved = Instant::now();
+        sleep(Duration::from_secs(349)).await;
+        assert!(
+            !ended.is_finished(),
+            "forgotten though bytes moved 349 s ago"
+        );
+        // ...which is forgotten 350 s after the last of them.
+        assert_eq!(
+            end_of(ended).await,
+            (End::Idle, last_moved + Duration::from_secs(350))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_termination_ends_the_flows_of_its_generation_and_older_only() {
+        let idle = Duration::from_secs(350);
+        let started = Instant::now();
+        let (terminate_tx, terminate_rx) = watch::channel(0);
+        let (_old_tx, old) = flow(idle, terminate_rx.clone(), 1);
+        let (young_tx, young) = flow(idle, terminate_rx.clone(), 2);
+        sleep(Duration::from_secs(10)).await;
+        terminate_tx.send_replace(1);
+        let at = started + Duration::from_secs(10);
+        assert_eq!(end_of(old).await, (End::Terminated, at));
+        // A flow of that generation that watches only after the termination ends at once.
+        let (_late_tx, late) = flow(idle, terminate_rx, 1);
+        assert_eq!(end_of(late).await, (End::Terminated, at));
+        assert!(!young.is_finished(), "a younger generation is spared");
+        drop(young_tx);
+        assert_eq!(end_of(young).await, (End::Closed, at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_connection_termination_a_deregistered_targets_flows_end_at_300_s() {
+        let nlb = aws(true);
+        let (on_a_tx, on_a) = admit(&nlb, 0);
+        let (on_b_tx, on_b) = admit(&nlb, 1);
+        // Both flows busy, so that neither idles out.
+        heartbeat(on_a_tx, Duration::from_secs(100));
+        heartbeat(on_b_tx, Duration::from_secs(100));
+        sleep(Duration::from_secs(150)).await;
+        nlb.deregister(A.parse().unwrap()).unwrap();
+        let deregistered = Instant::now();
+        assert!(new_flows_avoid_a(&nlb));
+        sleep(Duration::from_secs(299)).await;
+        assert!(!on_a.is_finished(), "terminated before the delay ended");
+        assert_eq!(terminated_generation(&nlb, 0), 0);
+        assert_eq!(
+            end_of(on_a).await,
+            (End::Terminated, deregistered + Duration::from_secs(300))
+        );
+        assert_eq!(terminated_generation(&nlb, 0), 1);
+        sleep(Duration::from_secs(1000)).await;
+        assert!(!on_b.is_finished(), "b's flow untouched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_connection_termination_deregistered_flows_outlive_the_delay() {
+        let nlb = aws(false);
+        let (bytes_tx, ended) = admit(&nlb, 0);
+        nlb.deregister(A.parse().unwrap()).unwrap();
+        sleep(Duration::from_secs(340)).await;
+        bytes_tx.send(()).unwrap();
+        let last_moved = Instant::now();
+        sleep(Duration::from_secs(349)).await;
+        assert!(!ended.is_finished());
+        assert_eq!(terminated_generation(&nlb, 0), 0);
+        // Only its own idle timeout ends it.
+        assert_eq!(
+            end_of(ended).await,
+            (End::Idle, last_moved + Duration::from_secs(350))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registering_again_within_the_delay_cancels_the_termination() {
+        let nlb = aws(true);
+        let a: SocketAddr = A.parse().unwrap();
+        let started = Instant::now();
+        let (old_tx, old) = admit(&nlb, 0);
+        heartbeat(old_tx, Duration::from_secs(100));
+        nlb.deregister(a).unwrap();
+        sleep(Duration::from_secs(100)).await;
+        nlb.register(a).unwrap();
+        let (young_tx, young) = admit(&nlb, 0);
+        heartbeat(young_tx, Duration::from_secs(100));
+        // Past the first delay: nothing terminated.
+        sleep(Duration::from_secs(250)).await;
+        assert_eq!(terminated_generation(&nlb, 0), 0);
+        assert!(!old.is_finished() && !young.is_finished());
+        // Deregistered again at 350 s: a delay of its own, not the rest of the first one.
+        nlb.deregister(a).unwrap();
+        let again = Instant::now();
+        assert_eq!(again, started + Duration::from_secs(350));
+        sleep(Duration::from_secs(299)).await;
+        assert_eq!(terminated_generation(&nlb, 0), 0);
+        let end = (End::Terminated, again + Duration::from_secs(300));
+        assert_eq!(end_of(old).await, end);
+        assert_eq!(end_of(young).await, end);
+        assert_eq!(terminated_generation(&nlb, 0), 2);
     }
 }

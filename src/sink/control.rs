@@ -641,6 +641,94 @@ mod tests {
         assert_eq!(control.closed.load(Ordering::Relaxed), 5);
     }
 
+    /// Starts the sink's closer task for `control`, as `run_protocol` does.
+    fn spawn_closer(control: &Arc<SinkControl>) {
+        let closer = control.clone();
+        tokio::spawn(async move { closer.run_closer().await });
+    }
+
+    /// Waits for `tasks` to be closed; returns when (all at one instant, or it panics).
+    /// Bounded in virtual time, so that a connection never closed fails the test at once.
+    async fn closed_at(tasks: Vec<tokio::task::JoinHandle<()>>) -> Instant {
+        let mut at = None;
+        for task in tasks {
+            let joined = tokio::time::timeout(Duration::from_secs(24 * 3600), task)
+                .await
+                .expect("closed within a (virtual) day");
+            assert!(joined.unwrap_err().is_cancelled());
+            let now = Instant::now();
+            assert_eq!(*at.get_or_insert(now), now, "closed at different times");
+        }
+        at.expect("some tasks")
+    }
+
+    // On a paused clock, with no sockets: the closer task alone moves it, by sleeping until
+    // its next deadline, so each close is seen at the very instant it happens.
+    #[tokio::test(start_paused = true)]
+    async fn the_closer_ends_each_connection_at_its_own_lifetime_not_before() {
+        use tokio::time::{sleep, sleep_until};
+        let control = SinkControl::new();
+        spawn_closer(&control);
+        let lifetime = Duration::from_secs(60);
+        control.apply(&SinkAction::Lifetime {
+            seconds: Some(lifetime.as_secs_f64()),
+        });
+        // Two waves, the second accepted 30 s after the first.
+        let first_at = Instant::now();
+        let first = hold(&control, 10);
+        sleep(Duration::from_secs(30)).await;
+        let second_at = Instant::now();
+        let second = hold(&control, 10);
+
+        sleep_until(first_at + lifetime - Duration::from_millis(1)).await;
+        assert_eq!(
+            control.open(),
+            20,
+            "a millisecond before the first wave's lifetime"
+        );
+        assert_eq!(closed_at(first).await, first_at + lifetime);
+        assert_eq!(control.open(), 10);
+        sleep_until(second_at + lifetime - Duration::from_millis(1)).await;
+        assert_eq!(
+            control.open(),
+            10,
+            "a millisecond before the second wave's lifetime"
+        );
+        assert_eq!(closed_at(second).await, second_at + lifetime);
+        assert_eq!(control.open(), 0);
+
+        // A connection into the emptied sink, long after: the closer wakes for it.
+        sleep(Duration::from_secs(1000)).await;
+        let late_at = Instant::now();
+        let late = hold(&control, 1);
+        assert_eq!(closed_at(late).await, late_at + lifetime);
+        assert_eq!(control.closed.load(Ordering::Relaxed), 21);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_lifetime_applies_to_held_connections_and_none_keeps_them() {
+        use tokio::time::sleep;
+        let control = SinkControl::new();
+        spawn_closer(&control);
+        let t0 = Instant::now();
+        control.apply(&SinkAction::Lifetime {
+            seconds: Some(60.0),
+        });
+        let held = hold(&control, 5);
+        // Shortened at 10 s: they close at 20 s, from their accept, not 20 s from now.
+        sleep(Duration::from_secs(10)).await;
+        control.apply(&SinkAction::Lifetime {
+            seconds: Some(20.0),
+        });
+        assert_eq!(closed_at(held).await, t0 + Duration::from_secs(20));
+        // No lifetime: held for as long as the client likes.
+        control.apply(&SinkAction::Lifetime { seconds: None });
+        let kept = hold(&control, 5);
+        sleep(Duration::from_secs(366 * 24 * 3600)).await;
+        assert_eq!(control.open(), 5);
+        assert!(kept.iter().all(|t| !t.is_finished()));
+    }
+
     #[tokio::test]
     async fn rate_closes_oldest_first_and_catches_up_after_a_late_wake() {
         let control = SinkControl::new();
