@@ -30,19 +30,62 @@ fn module_path(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-/// The identifiers following each `prefix` in `code`.
-fn names_after<'a>(code: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    code.match_indices(prefix).filter_map(move |(at, _)| {
+/// The identifiers following each `prefix` in `code`: `prefix::name`, and each first name of a
+/// group, `prefix::{a, b::C}`. A prefix that continues a longer path (`super::` inside
+/// `super::super::`) is not one.
+fn names_after<'a>(code: &'a str, prefix: &str) -> Vec<&'a str> {
+    let ident_end = |text: &str| {
+        text.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(text.len())
+    };
+    let mut names = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
         let before = code[..at].chars().next_back();
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            return None;
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
         }
         let rest = &code[at + prefix.len()..];
-        let end = rest
-            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
-        (end > 0).then(|| &rest[..end])
-    })
+        if rest.starts_with("super::") {
+            continue;
+        }
+        if let Some(group) = rest.strip_prefix('{') {
+            // Split the group's top level at commas; nested groups belong to their item.
+            let mut depth = 0;
+            let mut start = 0;
+            for (i, c) in group.char_indices() {
+                let item_ends = match c {
+                    '{' => {
+                        depth += 1;
+                        false
+                    }
+                    '}' if depth == 0 => true,
+                    '}' => {
+                        depth -= 1;
+                        false
+                    }
+                    ',' => depth == 0,
+                    _ => false,
+                };
+                if item_ends {
+                    let item = group[start..i].trim_start();
+                    let end = ident_end(item);
+                    if end > 0 {
+                        names.push(&item[..end]);
+                    }
+                    start = i + 1;
+                    if c == '}' {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        let end = ident_end(rest);
+        if end > 0 {
+            names.push(&rest[..end]);
+        }
+    }
+    names
 }
 
 /// Every .rs file under src/ with its module path and its code (tests and comments left out).
@@ -91,7 +134,7 @@ fn graph_under(parent: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let child = &path[parent.len()];
-        let mut named: Vec<&str> = names_after(code, &crate_prefix).collect();
+        let mut named = names_after(code, &crate_prefix);
         // `super::` from the child's own file names a sibling (or the parent's items).
         let supers = "super::".repeat(path.len() - parent.len());
         named.extend(names_after(code, &supers));
@@ -188,6 +231,18 @@ fn no_import_circle_between_the_files_of_a_module() {
          agent/timing.rs does):\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn imports_are_read_alone_and_in_groups() {
+    let code = "use super::shard::Shard;\nuse super::{timing::micros, EnginePlan, pool::{A, B}};\n\
+                let x = super::super::net::f(); crate::metrics::Latency;";
+    assert_eq!(
+        names_after(code, "super::"),
+        ["shard", "timing", "EnginePlan", "pool"]
+    );
+    assert_eq!(names_after(code, "super::super::"), ["net"]);
+    assert_eq!(names_after(code, "crate::"), ["metrics"]);
 }
 
 #[test]
