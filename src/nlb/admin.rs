@@ -117,3 +117,61 @@ pub async fn admin_target(
         .map(drop)
         .map_err(|e| format!("nlb admin {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datapath that knows one target and cannot apply any change to it.
+    struct Broken;
+
+    impl Balancer for Broken {
+        fn metrics(&self) -> NlbMetrics {
+            NlbMetrics {
+                nodes: Vec::new(),
+                targets: Vec::new(),
+                total: Default::default(),
+            }
+        }
+        fn register_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
+            self.deregister_target(addr)
+        }
+        fn deregister_target(self: Arc<Self>, addr: SocketAddr) -> Result<(), TargetError> {
+            if addr.port() == 7000 {
+                Err(TargetError::Datapath("nft: cannot apply".into()))
+            } else {
+                Err(TargetError::unknown(
+                    addr,
+                    ["127.0.0.1:7000".parse().unwrap()],
+                ))
+            }
+        }
+    }
+
+    fn status(path: &str) -> String {
+        let request = Request {
+            method: "POST".into(),
+            path: path.into(),
+            body: Vec::new(),
+        };
+        let nlb: Arc<dyn Balancer> = Arc::new(Broken);
+        let answer = String::from_utf8(respond(&request, &nlb)).unwrap();
+        answer.lines().next().unwrap_or("").to_string()
+    }
+
+    #[test]
+    fn an_unknown_target_is_404_and_a_failed_datapath_500() {
+        assert_eq!(
+            status("/targets/127.0.0.1:7001/deregister"),
+            "HTTP/1.1 404 Not Found"
+        );
+        assert_eq!(
+            status("/targets/127.0.0.1:7000/deregister"),
+            "HTTP/1.1 500 Internal Server Error"
+        );
+        assert_eq!(
+            status("/targets/127.0.0.1:7000/register"),
+            "HTTP/1.1 500 Internal Server Error"
+        );
+    }
+}
